@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Each creates .venv and installs what it needs on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+.PHONY: install demo test test-all
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/convzoo list
+	$(BIN)/convzoo summary xception
+
+test: $(STAMP)
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 -m '' $(PYTEST_ARGS)
