@@ -8,12 +8,27 @@ epoch is reproducible from ``(seed, epoch)``.
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError, DataError
 from .dataset import ArrayDataset
+
+
+def check_batch_size(ds: ArrayDataset | int, batch_size: int) -> None:
+    """Raise unless ``batch_size`` is a positive int no larger than ``ds`` (a data set or its length)."""
+    n = ds if isinstance(ds, Integral) else len(ds)
+    _check_positive(batch_size)
+    if batch_size > n:
+        raise DataError(f"batch size {batch_size} is larger than the data set ({n} images)")
+
+
+def _check_positive(batch_size: int) -> None:
+    if not isinstance(batch_size, Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
 
 
 def random_flip_shift(x: torch.Tensor, gen: torch.Generator, flip: bool, shift: float) -> torch.Tensor:
@@ -39,13 +54,19 @@ class BatchLoader:
     """Iterates over an :class:`ArrayDataset` in batches of normalised float tensors.
 
     ``mean``/``std`` are in 0-255 pixel units. With ``train=True`` the order is shuffled and batches are
-    augmented; the generator is re-seeded from ``(seed, epoch)`` at each :meth:`set_epoch`.
+    augmented; the generator is re-seeded from ``(seed, epoch)`` at each :meth:`set_epoch`. With
+    ``drop_last`` a batch size larger than the data set, which would give no batch at all, raises
+    :class:`DataError`.
     """
 
     def __init__(self, ds: ArrayDataset, batch_size: int, *, mean: tuple[float, ...], std: tuple[float, ...],
                  train: bool = False, flip: bool = True, shift: float = 0.125, seed: int = 0,
                  drop_last: bool = False, device: torch.device | str = "cpu",
                  channels_last: bool = False) -> None:
+        if drop_last:
+            check_batch_size(ds, batch_size)
+        else:
+            _check_positive(batch_size)
         self.device = torch.device(device)
         self.images = ds.images.to(self.device)
         self.labels = ds.labels.to(self.device)
