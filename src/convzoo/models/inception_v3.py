@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import InputShapeError
 from ..layers import AvgPool2d, ConvBnAct, MaxPool2d, Padding
 from ..registry import register_model
 from .base import ConvNet
@@ -173,6 +174,9 @@ class InceptionAux(nn.Module):
         self.fc = nn.Linear(d(768), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < 17 or x.shape[-2] < 17:
+            raise InputShapeError(f"the auxiliary classifier needs a 17x17 {AUX_AFTER} map (299x299 input with the "
+                                  f"ImageNet stem), got {x.shape[-2]}x{x.shape[-1]}")
         x = self.conv1(self.conv0(self.pool(x)))
         return self.fc(x.mean((2, 3)))
 

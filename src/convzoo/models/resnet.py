@@ -167,11 +167,8 @@ class ResNet(ConvNet):
             name = f"conv{i + 2}"
             self.add_module(name, Stack(blocks))
             self.stage_names.append(name)
-            if not preact:
-                reduction *= st.stride
+            reduction *= st.stride
             self.feature_info.append(dict(module=name, num_chs=c, reduction=reduction))
-            if preact:
-                reduction *= st.stride
         if preact:
             self.post_bn = PostNorm(c, **bn)
             self.stage_names.append("post_bn")

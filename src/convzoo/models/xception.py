@@ -127,15 +127,16 @@ class Xception(ConvNet):
         reduction = 1
         for _, s in stem:
             reduction *= s
-        self.feature_info = []
         c = stem[-1][0]
+        self.feature_info = [dict(module="block1", num_chs=c, reduction=reduction)]
         for i, cfg in enumerate(blocks, 2):
             name = f"block{i}"
+            if cfg.pool and cfg.stride > 1:
+                if self.feature_info[-1]["module"] != self.stage_names[-1]:
+                    self.feature_info.append(dict(module=self.stage_names[-1], num_chs=c, reduction=reduction))
+                reduction *= cfg.stride
             self.add_module(name, XceptionBlock(c, cfg, pool_padding=pool_padding, **common))
             self.stage_names.append(name)
-            if cfg.pool and cfg.stride > 1:
-                self.feature_info.append(dict(module=self.stage_names[-2], num_chs=c, reduction=reduction))
-                reduction *= cfg.stride
             c = cfg.widths[-1]
         self.feature_info.append(dict(module=self.stage_names[-1], num_chs=c, reduction=reduction))
         self.min_size = 71 if stem_padding == "valid" else 1

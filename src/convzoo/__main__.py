@@ -1,0 +1,7 @@
+"""``python -m convzoo``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
