@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
+	command -v dot >/dev/null || (apt-get update -qq && apt-get install -y -qq graphviz) || \
+		echo "warning: Graphviz not installed: convzoo graph can only write .dot files"
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1

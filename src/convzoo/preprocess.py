@@ -1,0 +1,76 @@
+"""Preprocessing as Keras names it: ``'tf'``, ``'caffe'``, ``'torch'``, plus the seed's ``'cifar'``.
+
+All functions take float tensors of RGB pixels in 0..255, shaped (N, 3, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .registry import ModelCfg
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+CIFAR_MEAN = (125.307, 122.95, 113.865)
+CIFAR_STD = (62.9932, 62.0887, 66.7048)
+MODES = ("tf", "caffe", "torch", "cifar")
+
+
+def preprocess_input(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Normalise RGB pixels in 0..255 as Keras' ``preprocess_input`` does for ``mode``.
+
+    ``'tf'``: scale to [-1, 1]. ``'caffe'``: RGB to BGR, subtract the ImageNet mean, no scaling.
+    ``'torch'``: scale to [0, 1], subtract the ImageNet mean and divide by its std.
+    ``'cifar'``: the seed's per-channel CIFAR-10 mean and std, in pixel units.
+    """
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode == "caffe":
+        return x.flip(1) - torch.tensor(CAFFE_MEAN_BGR, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    if mode == "torch":
+        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x / 255.0 - mean) / std
+    if mode == "cifar":
+        mean = torch.tensor(CIFAR_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(CIFAR_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+    raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """How a photo becomes a model input: resize the shorter side to ``size / crop_pct``, centre-crop
+    ``size``, then normalise with ``mode``."""
+
+    size: tuple[int, int]
+    crop_pct: float
+    interpolation: str
+    mode: str
+
+    @classmethod
+    def from_cfg(cls, cfg: ModelCfg, mode: str | None = None) -> "ImageTransform":
+        """The transform a model's ``default_cfg`` describes (``mode`` overrides its preprocessing)."""
+        return cls(tuple(cfg.input_size[1:]), cfg.crop_pct, cfg.interpolation, mode or cfg.preprocessing)
+
+    def pixels(self, path: str | Path) -> torch.Tensor:
+        """The image file at ``path`` resized and cropped, as a uint8 tensor (3, H, W)."""
+        from .data.images import open_image, resize_cover_crop
+
+        h, w = self.size
+        outer = (math.floor(h / self.crop_pct), math.floor(w / self.crop_pct))
+        im = resize_cover_crop(open_image(path), outer, self.interpolation)
+        top, left = (outer[0] - h) // 2, (outer[1] - w) // 2
+        im = im.crop((left, top, left + w, top + h))
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def __call__(self, paths: list[str | Path]) -> torch.Tensor:
+        """A normalised float batch (N, 3, H, W) of the image files at ``paths``."""
+        return preprocess_input(torch.stack([self.pixels(p) for p in paths]).float(), self.mode)
