@@ -1,0 +1,163 @@
+"""Building the network a recipe trains: its keyword arguments from JSON, start weights, a new classifier,
+and the parameter groups that regularisation and freezing act on."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import ModelCfg, create_model, get_model_cfg
+from .recipes import CIFAR_MEAN, CIFAR_STD, Recipe
+
+# Per-channel mean and std in 0-255 pixel units for each of the registry's preprocessing modes, and
+# whether the mode feeds BGR images.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...], bool]] = {
+    "cifar": (CIFAR_MEAN, CIFAR_STD, False),
+    "tf": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5), False),
+    "torch": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), False),
+    "caffe": ((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), True),
+}
+
+
+def model_kwargs_from_json(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Turn JSON values into the types the builder of model ``name`` declares: lists into tuples, objects
+    into the dataclasses of its tables (Xception's ``Block``, ResNet's ``Stage``)."""
+    if not kwargs:
+        return {}
+    get_model_cfg(name)
+    with torch.device("meta"):
+        builder = type(create_model(name))
+    hints = typing.get_type_hints(builder.__init__)
+    return {k: _from_json(v, hints.get(k, Any)) for k, v in kwargs.items()}
+
+
+def _from_json(value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if isinstance(value, (list, tuple)) and typing.get_origin(arg) in (tuple, list):
+                return _from_json(value, arg)
+            if isinstance(value, dict) and dataclasses.is_dataclass(arg):
+                return _from_json(value, arg)
+        return value
+    if isinstance(value, dict) and dataclasses.is_dataclass(hint):
+        field_hints = typing.get_type_hints(hint)
+        unknown = set(value) - set(field_hints)
+        if unknown:
+            raise ConfigError(f"{hint.__name__} has no field {', '.join(sorted(unknown))}; "
+                              f"fields: {', '.join(field_hints)}")
+        return hint(**{k: _from_json(v, field_hints[k]) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        args = typing.get_args(hint)
+        if origin in (tuple, list) and args and (args[-1] is Ellipsis or origin is list):
+            items = [_from_json(v, args[0]) for v in value]
+        elif origin is tuple and args:
+            items = [_from_json(v, args[i] if i < len(args) else Any) for i, v in enumerate(value)]
+        else:
+            items = [_from_json(v, Any) for v in value]
+        return items if origin is list else tuple(items)
+    return value
+
+
+def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
+    """The recipe's model for ``num_classes`` classes at the recipe's input size (freshly initialised)."""
+    kwargs = model_kwargs_from_json(recipe.model, recipe.model_kwargs)
+    size = tuple(recipe.input_size) if recipe.input_size else None
+    return create_model(recipe.model, num_classes=num_classes, input_size=size, **kwargs)
+
+
+def load_start_weights(model: nn.Module, path: str | Path) -> str:
+    """Load the weights a fine-tuning run starts from (anything :func:`convzoo.weights.load_weights` imports).
+
+    Every tensor but the classifier must fit. A classifier for another number of classes is not loaded:
+    the model keeps its freshly initialised one, sized for the new classes. Returns a one-line report.
+    """
+    from ..weights import load_weights
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = load_weights(model, path, strict=True)
+    replaced = " (classifier replaced for the new classes)" if report.skipped else ""
+    return f"started from {report.path} ({report.format}, {len(report.loaded)} tensors){replaced}"
+
+
+def rebuild_args(recipe: Recipe, num_classes: int) -> dict[str, Any] | None:
+    """The JSON ``create_model`` arguments that rebuild the trained model, or None when its keyword arguments
+    hold tables (Xception blocks, ResNet stages) that ``create_model`` only takes as objects."""
+    coerced = model_kwargs_from_json(recipe.model, recipe.model_kwargs)
+    if any(_holds_dataclass(v) for v in coerced.values()):
+        return None
+    args: dict[str, Any] = {"num_classes": num_classes, **recipe.model_kwargs}
+    if recipe.input_size:
+        args["input_size"] = list(recipe.input_size)
+    return args
+
+
+def _holds_dataclass(value: Any) -> bool:
+    if dataclasses.is_dataclass(value):
+        return True
+    return isinstance(value, (tuple, list)) and any(_holds_dataclass(v) for v in value)
+
+
+def normalization(recipe: Recipe, cfg: ModelCfg) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
+    """The recipe's per-channel mean and std (pixel units), or those of the model's preprocessing; and
+    whether the model takes BGR input."""
+    if recipe.mean is not None and recipe.std is not None:
+        return tuple(recipe.mean), tuple(recipe.std), False
+    if cfg.preprocessing not in NORMALIZATION:
+        raise ConfigError(f"{cfg.name}: no normalisation known for preprocessing {cfg.preprocessing!r}; "
+                          "set mean and std")
+    return NORMALIZATION[cfg.preprocessing]
+
+
+def input_size(recipe: Recipe, cfg: ModelCfg) -> tuple[int, int]:
+    """The (H, W) the recipe trains at: its own ``input_size``, else the model's."""
+    return (int(recipe.input_size[0]), int(recipe.input_size[1])) if recipe.input_size else tuple(cfg.input_size[1:])
+
+
+def kernels(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of every convolution and linear layer: what Keras' ``kernel_regularizer`` acts on."""
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def kernel_l2(recipe: Recipe, model: nn.Module) -> float:
+    """The Keras-style L2 factor in force: the recipe's, or (when it is None) the model's ``kernel_l2``."""
+    return float(getattr(model, "kernel_l2", 0.0)) if recipe.kernel_l2 is None else recipe.kernel_l2
+
+
+def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD or AdamW over every parameter; ``weight_decay`` on kernels only."""
+    kernel_ids = {id(p) for p in kernels(model)}
+    decay = [p for p in model.parameters() if id(p) in kernel_ids]
+    rest = [p for p in model.parameters() if id(p) not in kernel_ids]
+    groups = [dict(params=decay, weight_decay=recipe.weight_decay), dict(params=rest, weight_decay=0.0)]
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr)
+    nesterov = recipe.nesterov and recipe.momentum > 0
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=nesterov)
+
+
+def set_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze (or unfreeze) every parameter outside the classifier."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for p in model.parameters():
+        p.requires_grad_(not frozen or id(p) in head)
+
+
+def train_mode(model: nn.Module, frozen: bool) -> None:
+    """Put ``model`` in training mode; with ``frozen``, the BatchNorm layers outside the classifier keep
+    their running statistics (inference mode), as Keras does for layers with ``trainable=False``."""
+    model.train()
+    if frozen:
+        head = set(model.get_classifier().modules())
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in head:
+                m.eval()

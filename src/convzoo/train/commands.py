@@ -1,0 +1,134 @@
+"""The ``train``, ``eval``, ``compare`` and ``recipes`` verbs of the command line (heavy imports inside)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..errors import ConfigError
+
+DEFAULT_RECIPE = "fast"
+# Flags that change what a run is; a resumed run keeps what it was started with.
+_RUN_DEFINING = ("recipe", "data", "val_data", "batch_size", "lr", "seed", "weights", "freeze_epochs", "settings",
+                 "out", "overwrite")
+
+
+def register(subparsers: Any) -> None:
+    """Add the training verbs to the ``convzoo`` parser."""
+    p = subparsers.add_parser("train", help="train a model (single process, or every rank under torchrun)",
+                              description="Train a model with a recipe. Any recipe field can be set with "
+                                          "--set FIELD=VALUE; `convzoo recipes NAME` lists the fields.")
+    p.add_argument("--model", help="registered model name (default: the recipe's)")
+    p.add_argument("--recipe", help=f"recipe name (default: {DEFAULT_RECIPE}); `convzoo recipes` lists them")
+    p.add_argument("--data", help="training data: a CIFAR folder or archive, cifar10/cifar100, or an image "
+                                  "folder (default: the embedded CIFAR-10 subset)")
+    p.add_argument("--val-data", help="validation data (its test split); default: hold out val_fraction of --data")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size (split over torchrun processes)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation")
+    p.add_argument("--weights", help="start from these weights (any format convzoo imports); the classifier "
+                                     "is replaced when the classes differ")
+    p.add_argument("--freeze-epochs", type=int, help="train only the classifier for the first N epochs")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a recipe field (repeatable)")
+    p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run folder given by --out")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (only --epochs may change)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA or CPU)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("eval", help="accuracy and confusion matrix of a run or checkpoint")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--data", help="evaluate on this data's test split (default: the run's validation split)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint of a run")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, n, per_class)")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("compare", help="markdown table and overlaid curves of several runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="FILE.png", help="the overlay figure (default: compare.png beside the runs)")
+    p.set_defaults(func=cmd_compare)
+
+    p = subparsers.add_parser("recipes", help="list the training recipes, or show one's fields")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_recipes)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``convzoo train``."""
+    from .recipes import apply_settings, get_recipe, override
+    from .trainer import TrainOptions, resume_recipe, train
+
+    if args.resume:
+        given = [f"--{name.replace('_', '-')}" for name in _RUN_DEFINING if getattr(args, name)]
+        if given:
+            raise ConfigError(f"--resume continues a run as it was started; {', '.join(given)} cannot change "
+                              f"(only --epochs can)")
+        recipe = resume_recipe(args.resume, args.model, args.epochs)
+    else:
+        recipe = get_recipe(args.recipe or DEFAULT_RECIPE)
+        if args.model and args.model != recipe.model:
+            recipe = override(recipe, model=args.model, model_kwargs={})
+        recipe = apply_settings(recipe, args.settings)
+        flags = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                     freeze_epochs=args.freeze_epochs)
+        recipe = override(recipe, **{k: v for k, v in flags.items() if v is not None})
+    train(TrainOptions(recipe=recipe, data=args.data, val_data=args.val_data, out=args.out, overwrite=args.overwrite,
+                       resume=args.resume, weights=args.weights, device=args.device,
+                       channels_last=args.channels_last, compile=args.compile, bf16=args.bf16,
+                       deterministic=args.deterministic))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``convzoo eval``."""
+    from .evaluate import evaluate_target
+
+    result = evaluate_target(args.target, args.data, args.checkpoint, args.batch_size, args.device)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0
+    t = result.tally
+    epoch = f" (epoch {result.epoch})" if result.epoch is not None else ""
+    print(f"{result.model}, checkpoint {result.checkpoint}{epoch}")
+    print(f"data: {result.data}, {t.n} images")
+    print(f"top-1 {t.top1_acc:.4f}  top-5 {t.top5_acc:.4f}  loss {t.loss:.4f}")
+    width = max(len(c) for c in result.classes + ["class"])
+    print(f"{'class':<{width}}  accuracy  images")
+    for name, acc, count in zip(result.classes, t.per_class(), t.confusion.sum(1).tolist()):
+        print(f"{name:<{width}}  {acc:8.4f}  {count:6d}" if count else f"{name:<{width}}  {'-':>8}  {0:6d}")
+    print(f"confusion matrix: {result.confusion_png}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``convzoo compare``."""
+    from .compare import compare
+
+    table, png = compare(args.runs, args.out)
+    print(table)
+    print(f"\ncurves: {png}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """``convzoo recipes [NAME]``."""
+    from .recipes import get_recipe, list_recipes
+
+    if args.name is None:
+        for name in list_recipes():
+            r = get_recipe(name)
+            print(f"{name:<30} {r.model:<30} {r.epochs:>4} epochs, batch {r.batch_size}, {r.optimizer} lr {r.lr:g}, "
+                  f"{r.schedule} schedule")
+        return 0
+    for key, value in get_recipe(args.name).as_dict().items():
+        print(f"{key:<16} {json.dumps(value)}")
+    return 0

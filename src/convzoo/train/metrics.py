@@ -1,0 +1,109 @@
+"""Counting what a model gets right: losses, top-1/top-5 and the confusion matrix, and the per-epoch
+history written to ``metrics.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import atomic_write_text
+
+COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "img_per_s", "seconds",
+           "wall_time")
+
+
+@dataclass
+class Tally:
+    """Sums over evaluated images: cross-entropy, top-5 hits and the confusion matrix (rows: true class)."""
+
+    loss_sum: float
+    top5: int
+    confusion: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        """Images counted."""
+        return int(self.confusion.sum())
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy."""
+        return self.loss_sum / max(self.n, 1)
+
+    @property
+    def top1_acc(self) -> float:
+        """Fraction of images whose top class is right."""
+        return float(self.confusion.diagonal().sum()) / max(self.n, 1)
+
+    @property
+    def top5_acc(self) -> float:
+        """Fraction of images whose class is among the five top-scored."""
+        return self.top5 / max(self.n, 1)
+
+    def per_class(self) -> list[float]:
+        """Top-1 accuracy of each class (NaN for a class with no image)."""
+        totals = self.confusion.sum(1).double()
+        return (self.confusion.diagonal().double() / totals).tolist()
+
+
+def autocast(device: torch.device, bf16: bool) -> AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``bf16``, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The main logits of a model output (Inception V3 in training mode returns (logits, aux))."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+             bf16: bool = False) -> Tally:
+    """Run ``model`` in inference mode over ``batches`` of (images, labels) and tally the results."""
+    was_training = model.training
+    model.eval()
+    loss_sum = 0.0
+    top5 = 0
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    try:
+        for x, y in batches:
+            with autocast(x.device, bf16):
+                logits = logits_of(model(x))
+            logits = logits.float()
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            k = min(5, num_classes)
+            top5 += int((logits.topk(k, 1).indices == y[:, None]).any(1).sum())
+            pred = logits.argmax(1)
+            confusion += torch.bincount((y * num_classes + pred).cpu(), minlength=num_classes ** 2).view(
+                num_classes, num_classes)
+    finally:
+        model.train(was_training)
+    return Tally(loss_sum, top5, confusion)
+
+
+def write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    """Write the per-epoch rows to ``metrics.csv`` (atomically, the whole file each time)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: _fmt(row[k]) for k in COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """The rows of a ``metrics.csv``, as numbers."""
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _fmt(v: Any) -> str:
+    return str(v) if isinstance(v, int) else f"{v:.6g}"

@@ -1,0 +1,318 @@
+"""Training recipes: plain dataclasses, looked up by name and overridden field by field.
+
+Every field can be set from the command line with ``--set field=value``; values are parsed by the
+field's type (``--set milestones=100,200``, ``--set nesterov=false``, ``--set kernel_l2=none``,
+``--set model_kwargs='{"drop_rate": 0.2}'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+CIFAR_MEAN = (125.307, 122.95, 113.865)
+CIFAR_STD = (62.9932, 62.0887, 66.7048)
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine", "linear", "constant")
+
+
+@dataclass
+class Recipe:
+    """Everything that decides how a model is trained, except the data and the machine.
+
+    Regularisation comes in two forms. ``kernel_l2`` is Keras' ``kernel_regularizer=l2(kernel_l2)``: the
+    penalty ``kernel_l2 * sum(w ** 2)`` over every convolution and linear kernel (not biases, not
+    BatchNorm) is added to the loss. Its gradient is ``2 * kernel_l2 * w``, so with SGD it equals
+    ``weight_decay = 2 * kernel_l2`` applied to those kernels only. ``weight_decay`` is PyTorch's (coupled
+    for SGD, decoupled for AdamW) and also applies to kernels only. ``kernel_l2=None`` takes the model's
+    own ``kernel_l2`` attribute (1e-4 for the seed's he_wd variants), or 0.
+
+    The learning rate is a function of the (fractional) epoch: a linear warm-up over ``warmup_epochs``
+    from ``warmup_start * lr``, then ``schedule``: 'step' (multiplied by ``gamma`` at each of the
+    ``milestones``, changing at epoch boundaries as Keras' ``LearningRateScheduler``), 'cosine' or
+    'linear' (from ``lr`` down to ``min_lr`` at the last epoch), or 'constant'.
+
+    ``mean``/``std`` are per-channel, in 0-255 pixel units; None takes them from the model's
+    preprocessing. ``freeze_epochs``: train only the classifier for that many epochs (the rest of the
+    network runs in inference mode, as Keras layers with ``trainable=False``). ``aux_weight`` weighs the
+    loss of an auxiliary classifier (Inception V3 built with ``aux_logits=True``). ``sync_bn``: under
+    DistributedDataParallel, BatchNorm statistics over the global batch rather than each rank's shard.
+    ``model_kwargs`` go to ``create_model`` (JSON values; tables such as Xception's ``blocks`` as lists
+    of objects).
+    """
+
+    name: str = "custom"
+    model: str = "xception_cifar"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_size: tuple[int, int] | None = None
+    epochs: int = 300
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    kernel_l2: float | None = None
+    schedule: str = "step"
+    milestones: tuple[int, ...] = (100, 200)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    warmup_start: float = 0.1
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    aux_weight: float = 0.4
+    mean: tuple[float, ...] | None = CIFAR_MEAN
+    std: tuple[float, ...] | None = CIFAR_STD
+    flip: bool = True
+    shift: float = 0.125
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    seed: int = 0
+    freeze_epochs: int = 0
+    sync_bn: bool = True
+
+    def validate(self) -> "Recipe":
+        """Raise :class:`ConfigError` for a value no run could use; return the recipe."""
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must lie in [0, 1), got {self.label_smoothing}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs}"),
+            (0 <= self.shift < 0.5, f"shift must lie in [0, 0.5), got {self.shift}"),
+            (0 < self.val_fraction < 1, f"val_fraction must lie in (0, 1), got {self.val_fraction}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.kernel_l2 is None or self.kernel_l2 >= 0, f"kernel_l2 must be >= 0, got {self.kernel_l2}"),
+            ((self.mean is None) == (self.std is None), "mean and std must both be set or both be none"),
+            (self.mean is None or len(self.mean) == len(self.std or ()),
+             f"mean and std must have one value per channel, got {self.mean} and {self.std}"),
+            (self.std is None or all(s > 0 for s in self.std), f"std must be positive, got {self.std}"),
+            (self.input_size is None or (len(self.input_size) == 2 and min(self.input_size) > 0),
+             f"input_size must be two positive integers H,W, got {self.input_size}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"recipe {self.name}: {message}")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """The recipe as JSON-friendly values (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def learning_rate(recipe: Recipe, epoch: float) -> float:
+    """The learning rate at ``epoch`` (fractional: 2.5 is half-way through the third epoch)."""
+    if epoch < recipe.warmup_epochs:
+        start = recipe.warmup_start * recipe.lr
+        return start + (recipe.lr - start) * epoch / recipe.warmup_epochs
+    if recipe.schedule == "step":
+        return recipe.lr * recipe.gamma ** sum(int(epoch) >= m for m in recipe.milestones)
+    if recipe.schedule == "constant":
+        return recipe.lr
+    span = max(recipe.epochs - recipe.warmup_epochs, 1e-12)
+    progress = min(max((epoch - recipe.warmup_epochs) / span, 0.0), 1.0)
+    factor = 0.5 * (1 + math.cos(math.pi * progress)) if recipe.schedule == "cosine" else 1 - progress
+    return recipe.min_lr + (recipe.lr - recipe.min_lr) * factor
+
+
+def _seed_recipe(model: str, kernel_l2: float) -> Recipe:
+    return Recipe(name=model, model=model, epochs=300, batch_size=64, optimizer="sgd", lr=0.01, momentum=0.9,
+                  nesterov=True, kernel_l2=kernel_l2, schedule="step", milestones=(100, 200), gamma=0.1,
+                  mean=CIFAR_MEAN, std=CIFAR_STD, flip=True, shift=0.125)
+
+
+# The seed's CIFAR-10 recipe, per seed variant: SGD (momentum 0.9, Nesterov), batch 64, lr 0.01 divided by
+# 10 at epochs 100 and 200 of 300, flip and shift up to 1/8; Keras L2 1e-4 on kernels for the he_wd family.
+SEED_RECIPES = {
+    "xception_cifar": _seed_recipe("xception_cifar", 0.0),
+    "xception_cifar_he_wd": _seed_recipe("xception_cifar_he_wd", 1e-4),
+    "xception_cifar_slim": _seed_recipe("xception_cifar_slim", 1e-4),
+    "xception_cifar_slim_thinner": _seed_recipe("xception_cifar_slim_thinner", 1e-4),
+    "inception_v3_cifar": _seed_recipe("inception_v3_cifar", 0.0),
+}
+
+# A short recipe for the embedded subset. Placeholder values: the model, its width, the schedule and
+# the number of epochs are being tuned.
+FAST = Recipe(
+    name="fast",
+    model="xception_cifar",
+    model_kwargs={
+        "stem": [[24, 2], [48, 1]],
+        "blocks": [
+            {"widths": [96, 96], "stride": 2, "pool": True, "first_act": False},
+            {"widths": [192, 192], "stride": 2, "pool": True},
+            {"widths": [192, 192]},
+            {"widths": [256, 384], "residual": False, "preact": False},
+        ],
+    },
+    epochs=15,
+    batch_size=128,
+    optimizer="sgd",
+    lr=0.05,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    kernel_l2=0.0,
+    schedule="cosine",
+    warmup_epochs=1.0,
+    label_smoothing=0.1,
+    mean=None,
+    std=None,
+)
+
+RECIPES: dict[str, Recipe] = {**SEED_RECIPES, "fast": FAST}
+
+
+def list_recipes() -> list[str]:
+    """The names of the built-in recipes, sorted."""
+    return sorted(RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    """A fresh copy of the built-in recipe ``name``, or :class:`ConfigError` naming the closest ones."""
+    if name not in RECIPES:
+        close = difflib.get_close_matches(name, list(RECIPES), n=3, cutoff=0.4)
+        hint = f"; closest: {', '.join(close)}" if close else f"; recipes: {', '.join(list_recipes())}"
+        raise ConfigError(f"unknown recipe {name!r}{hint}")
+    return dataclasses.replace(RECIPES[name], model_kwargs=json.loads(json.dumps(RECIPES[name].model_kwargs)))
+
+
+def field_names() -> list[str]:
+    """The names of the recipe fields, in declaration order."""
+    return [f.name for f in dataclasses.fields(Recipe)]
+
+
+def override(recipe: Recipe, **values: Any) -> Recipe:
+    """``recipe`` with ``values`` replacing fields (already typed values); unknown names raise ConfigError."""
+    for key in values:
+        _check_field(key)
+    return dataclasses.replace(recipe, **values)
+
+
+def apply_settings(recipe: Recipe, settings: list[str]) -> Recipe:
+    """``recipe`` with each ``'field=value'`` of ``settings`` applied, values parsed by the field's type."""
+    hints = typing.get_type_hints(Recipe)
+    values = {}
+    for item in settings:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"--set expects field=value, got {item!r}")
+        _check_field(key)
+        values[key] = parse_value(key, text.strip(), hints[key])
+    return dataclasses.replace(recipe, **values)
+
+
+def from_dict(values: dict[str, Any]) -> Recipe:
+    """The recipe recorded by :meth:`Recipe.as_dict` (lists become tuples again)."""
+    hints = typing.get_type_hints(Recipe)
+    for key in values:
+        _check_field(key)
+    return Recipe(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+
+
+def _check_field(key: str) -> None:
+    names = field_names()
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else f"; fields: {', '.join(names)}"
+        raise ConfigError(f"unknown recipe field {key!r}{hint}")
+
+
+def parse_value(key: str, text: str, hint: Any) -> Any:
+    """Parse the command-line text of field ``key`` into a value of type ``hint``."""
+    if _is_optional(hint) and text.lower() in ("none", "null", ""):
+        return None
+    base = _strip_optional(hint)
+    origin = typing.get_origin(base)
+    if base is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"recipe field {key}: expected true or false, got {text!r}")
+    if origin is tuple:
+        try:
+            items = json.loads(text) if text.startswith("[") else [t for t in text.split(",") if t.strip()]
+        except json.JSONDecodeError:
+            raise ConfigError(f"recipe field {key}: expected comma-separated values, got {text!r}") from None
+        return _coerce(key, items, base)
+    if origin is dict:
+        try:
+            return _coerce(key, json.loads(text), base)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"recipe field {key}: expected a JSON object, got {text!r} ({e.msg})") from None
+    return _coerce(key, text, base)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    if value is None and _is_optional(hint):
+        return None
+    base = _strip_optional(hint)
+    try:
+        return _convert(key, value, base)
+    except (TypeError, ValueError, IndexError):
+        raise ConfigError(f"recipe field {key}: expected {_type_name(hint)}, got {value!r}") from None
+
+
+def _convert(key: str, value: Any, base: Any) -> Any:
+    """``value`` as type ``base``, or TypeError/ValueError."""
+    origin = typing.get_origin(base)
+    if origin is tuple:
+        args = typing.get_args(base)
+        if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
+            raise ValueError
+        return tuple(_coerce(key, v, args[0] if args[-1] is Ellipsis else args[i]) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        return dict(value)
+    if isinstance(value, bool) and base is not bool:
+        raise TypeError
+    if base is bool:
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if base is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return int(value)
+    if base is float:
+        return float(value)
+    return str(value)
+
+
+def _is_optional(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _strip_optional(hint: Any) -> Any:
+    if _is_optional(hint):
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        return rest[0]
+    return hint
+
+
+def _type_name(hint: Any) -> str:
+    base = _strip_optional(hint)
+    origin = typing.get_origin(base)
+    if origin is tuple:
+        name = "comma-separated values"
+    elif origin is dict:
+        name = "a JSON object"
+    else:
+        name = {int: "an integer", float: "a number", str: "a string"}.get(base, str(base))
+    return f"{name} or none" if _is_optional(hint) else name

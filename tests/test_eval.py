@@ -1,0 +1,109 @@
+"""``convzoo eval`` and ``convzoo compare`` on tiny runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from convzoo import create_model
+from convzoo.cli import main
+from convzoo.train.recipes import CIFAR_MEAN, CIFAR_STD
+
+from test_train import train_args, write_cifar
+
+
+@pytest.fixture(autouse=True)
+def _no_global_determinism():
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory) -> Path:
+    return write_cifar(tmp_path_factory.mktemp("data") / "cifar", 200, n_test=60)
+
+
+@pytest.fixture(scope="module")
+def runs(cifar, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    assert main(train_args(cifar, root / "a", 2)) == 0
+    assert main(train_args(cifar, root / "b", 1, "--set", "label_smoothing=0")) == 0
+    return root / "a", root / "b"
+
+
+def eval_json(capsys, *args: str) -> dict:
+    capsys.readouterr()
+    assert main(["eval", *args, "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    return json.loads(out[0])
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_eval_run_on_its_validation_split(runs, capsys):
+    run = runs[0]
+    result = eval_json(capsys, str(run))
+    assert {"top1", "top5", "n"} <= result.keys() and result["n"] == 20
+    best = max(rows(run), key=lambda r: float(r["val_acc"]))
+    assert result["top1"] == pytest.approx(float(best["val_acc"]))
+    assert result["top5"] == pytest.approx(float(best["val_top5"]))
+    assert 0 <= result["top1"] <= result["top5"] <= 1
+    assert set(result["per_class"]) == set(json.loads((run / "config.json").read_text())["classes"])
+    assert (run / "confusion.png").stat().st_size > 0
+
+
+def test_eval_on_a_cifar_folder_uses_its_test_split(runs, cifar, capsys):
+    result = eval_json(capsys, str(runs[0]), "--data", str(cifar), "--checkpoint", "last")
+    assert result["n"] == 60 and result["epoch"] == 2
+
+
+def test_eval_text_report(runs, capsys):
+    assert main(["eval", str(runs[1] / "last")]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "top-5" in out and "airplane" in out
+    assert (runs[1] / "confusion-last.png").is_file()
+
+
+def test_eval_a_checkpoint_outside_any_run(cifar, tmp_path, capsys):
+    from convzoo.weights import save_checkpoint
+
+    model = create_model("inception_v3_cifar", depth_multiplier=0.05, min_depth=4)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    path = save_checkpoint(model, tmp_path / "m.safetensors", classes, extra={"mean": CIFAR_MEAN, "std": CIFAR_STD},
+                           model_args={"depth_multiplier": 0.05, "min_depth": 4})
+    result = eval_json(capsys, str(path), "--data", str(cifar))
+    assert result["n"] == 60 and result["model"] == "inception_v3_cifar"
+    assert (tmp_path / "m.confusion.png").is_file()
+    assert main(["eval", str(path)]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_eval_errors_are_one_line(runs, tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    empty = tmp_path / "run"
+    shutil.copytree(runs[1], empty)
+    shutil.rmtree(empty / "best")
+    assert main(["eval", str(empty)]) == 2
+    assert "best" in capsys.readouterr().err
+
+
+def test_compare_table_and_figure(runs, tmp_path, capsys):
+    png = tmp_path / "cmp.png"
+    assert main(["compare", str(runs[0]), str(runs[1]), "--out", str(png)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| run | model | parameters | best val acc | final val acc | epochs | wall time |")
+    a, b = out[2], out[3]
+    assert a.startswith("| a | xception_cifar |") and b.startswith("| b | xception_cifar |")
+    params = json.loads((runs[0] / "config.json").read_text())["params"]
+    assert f"| {params:,} |" in a and "| 2 |" in a and "| 1 |" in b
+    assert png.stat().st_size > 0
