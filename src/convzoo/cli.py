@@ -11,7 +11,14 @@ from typing import Callable, Sequence
 from .errors import ConvzooError
 
 # Modules that add verbs: each has ``register(subparsers)`` and imports its heavy dependencies lazily.
-VERB_MODULES: list[str] = []
+VERB_MODULES: list[str] = [
+    "convzoo.predict",
+    "convzoo.export",
+    "convzoo.graph",
+    "convzoo.bench",
+    "convzoo.train.commands",
+    "convzoo.weights.commands",
+]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -79,7 +79,7 @@ def resolve_model(model_name: str | None, weights: str | None) -> tuple[nn.Modul
     from .weights import load_checkpoint
     from .weights.formats import CONVZOO, detect_format
 
-    if weights is not None and weights != "imagenet" and detect_format(weights)[0] == CONVZOO:
+    if weights is not None and not weights.startswith("imagenet") and detect_format(weights)[0] == CONVZOO:
         model = load_checkpoint(weights)
         if model_name is not None and model_name != model.default_cfg.name:
             raise ConfigError(f"--model {model_name} given, but the checkpoint holds {model.default_cfg.name}")

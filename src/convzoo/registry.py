@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
@@ -86,6 +87,7 @@ def create_model(
     drop_rate: float | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
+    weights: str | Path | None = None,
     **variant_args: Any,
 ) -> nn.Module:
     """Build a registered model.
@@ -93,6 +95,7 @@ def create_model(
     Keras-style: ``include_top=False`` drops the classifier; ``pooling`` is then ``None`` (feature maps),
     ``'avg'`` or ``'max'`` (a pooled vector). timm-style: ``num_classes``, ``drop_rate``,
     ``features_only`` with ``out_indices``. ``input_size`` (H, W) sets the size recorded in ``default_cfg``.
+    ``weights``: a weights file, checkpoint or ``'imagenet'``, loaded with :func:`convzoo.load_weights`.
     """
     entry = _entry(name)
     cfg = entry.cfg
@@ -122,6 +125,10 @@ def create_model(
         raise ConfigError(f"{name}: {e}") from None
     model.default_cfg = cfg
     model.pretrained_cfg = cfg
+    if weights is not None:
+        from .weights import load_weights
+
+        load_weights(model, weights)
     if features_only:
         from .models.base import FeatureExtractor
 
