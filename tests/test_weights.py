@@ -3,6 +3,7 @@ that do not fit, format detection, the published-weights cache and download, and
 
 import functools
 import hashlib
+from dataclasses import replace
 import pickle
 import socket
 import threading
@@ -20,7 +21,7 @@ import convzoo
 from convzoo.cli import main
 from convzoo.errors import ChecksumError, DownloadError, UnsafeFileError, WeightsError
 from convzoo.layers import ConvBnAct
-from convzoo.weights import hub
+from convzoo.weights import hub, records
 from convzoo.weights.keras_map import fold_grouped_conv, gconv_kernel
 
 
@@ -393,10 +394,17 @@ def server(tmp_path, monkeypatch):
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setenv("CONVZOO_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(hub, "PRETRAINED", {})
+    monkeypatch.setattr(records, "RECORDS", {})
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}", httpd
     httpd.shutdown()
     httpd.server_close()
+
+
+def _entry(url: str, file_name: str, file_hash: str | None, **fields) -> records.WeightRecord:
+    """A published-file record for the local server (resnext29_32x4d's evaluation transform)."""
+    base = records.record_for_file(convzoo.get_model_cfg("resnext29_32x4d"), Path(__file__), "test", True)
+    return replace(base, **{"name": f"resnext29_32x4d.{file_name}", "source": "keras", "url": url,
+                            "file_name": file_name, "hash": file_hash, "size": None, **fields})
 
 
 def _closed_port() -> int:
@@ -416,7 +424,7 @@ def _serve_weights(root: Path, name: str = "r29.safetensors") -> tuple[nn.Module
 def test_imagenet_download_then_cache_hit(server, capsys):
     root, url, httpd = server
     ref, md5 = _serve_weights(root)
-    hub.PRETRAINED["resnext29_32x4d"] = (hub.PretrainedFile(f"{url}/r29.safetensors", "r29.safetensors", f"md5:{md5}"),)
+    records.RECORDS["resnext29_32x4d"] = (_entry(f"{url}/r29.safetensors", "r29.safetensors", f"md5:{md5}"),)
     model = convzoo.create_model("resnext29_32x4d", weights="imagenet")
     _assert_same_state(ref, model)
     cached = hub.cache_dir() / "r29.safetensors"
@@ -429,21 +437,22 @@ def test_imagenet_download_then_cache_hit(server, capsys):
 
 
 def test_imagenet_sha256_prefix_and_preprocessing(server):
+    """The record travels with the weights: the model's default_cfg stays, weights_meta says 'tf'."""
     root, url, _ = server
     _serve_weights(root, "r29-x.safetensors")
     sha = hashlib.sha256((root / "r29-x.safetensors").read_bytes()).hexdigest()
-    hub.PRETRAINED["resnext29_32x4d"] = (hub.PretrainedFile(f"{url}/r29-x.safetensors", "r29-x.safetensors",
-                                                             f"sha256:{sha[:8]}", preprocessing="tf"),)
+    entry = _entry(f"{url}/r29-x.safetensors", "r29-x.safetensors", f"sha256:{sha[:8]}", preprocessing="tf")
+    records.RECORDS["resnext29_32x4d"] = (entry,)
     model = convzoo.create_model("resnext29_32x4d")
     report = convzoo.load_weights(model, "imagenet")
-    assert model.default_cfg.preprocessing == "tf" and "'tf' preprocessing" in report.notes[0]
+    assert report.record is entry and model.weights_meta is entry
+    assert model.weights_meta.preprocessing == "tf" and model.default_cfg.preprocessing == "cifar"
 
 
 def test_imagenet_wrong_hash_removes_download(server):
     root, url, _ = server
     _serve_weights(root)
-    hub.PRETRAINED["resnext29_32x4d"] = (hub.PretrainedFile(f"{url}/r29.safetensors", "r29.safetensors",
-                                                             "md5:" + "0" * 32),)
+    records.RECORDS["resnext29_32x4d"] = (_entry(f"{url}/r29.safetensors", "r29.safetensors", "md5:" + "0" * 32),)
     with pytest.raises(ChecksumError, match=r"r29\.safetensors: md5 is [0-9a-f]{32}, expected 0{32} .*removed"):
         convzoo.create_model("resnext29_32x4d", weights="imagenet")
     assert not hub.cache_dir().exists() or not any(hub.cache_dir().iterdir())
@@ -451,8 +460,7 @@ def test_imagenet_wrong_hash_removes_download(server):
 
 def test_imagenet_corrupt_cached_file(server):
     _, url, _ = server
-    hub.PRETRAINED["resnext29_32x4d"] = (hub.PretrainedFile(f"{url}/r29.safetensors", "r29.safetensors",
-                                                             "md5:" + "0" * 32),)
+    records.RECORDS["resnext29_32x4d"] = (_entry(f"{url}/r29.safetensors", "r29.safetensors", "md5:" + "0" * 32),)
     hub.cache_dir().mkdir(parents=True)
     (hub.cache_dir() / "r29.safetensors").write_bytes(b"junk")
     with pytest.raises(ChecksumError, match="delete it to download again"):
@@ -463,7 +471,7 @@ def test_imagenet_corrupt_cached_file(server):
 def test_imagenet_no_network(server, where):
     _, url, _ = server
     url = f"http://127.0.0.1:{_closed_port()}/w.h5" if where == "closed_port" else f"{url}/absent.h5"
-    hub.PRETRAINED["resnext29_32x4d"] = (hub.PretrainedFile(url, "w.h5", None),)
+    records.RECORDS["resnext29_32x4d"] = (_entry(url, "w.h5", None),)
     with pytest.raises(DownloadError) as e:
         convzoo.create_model("resnext29_32x4d", weights="imagenet")
     msg = str(e.value)
@@ -474,10 +482,10 @@ def test_imagenet_no_network(server, where):
 
 def test_imagenet_selection(server):
     _, url, _ = server
-    top = hub.PretrainedFile(f"{url}/top.h5", "top.h5", None)
-    notop = hub.PretrainedFile(f"{url}/notop.h5", "notop.h5", None, include_top=False)
-    tv = hub.PretrainedFile(f"{url}/tv.pth", "tv.pth", None, source="torchvision")
-    hub.PRETRAINED["resnext50_32x4d"] = (tv, top, notop)
+    top = _entry(f"{url}/top.h5", "top.h5", None)
+    notop = _entry(f"{url}/notop.h5", "notop.h5", None, include_top=False)
+    tv = _entry(f"{url}/tv.pth", "tv.pth", None, source="torchvision")
+    records.RECORDS["resnext50_32x4d"] = (tv, top, notop)
     assert hub.select("resnext50_32x4d") is tv
     assert hub.select("resnext50_32x4d", "imagenet:keras", num_classes=0) is notop
     assert hub.select("resnext50_32x4d", "imagenet:keras", num_classes=1000) is top
@@ -489,10 +497,10 @@ def test_imagenet_selection(server):
 
 def test_published_table_entries():
     """Every entry names a registered model, a file name matching its URL and a well-formed hash."""
-    for name, files in hub.PRETRAINED.items():
+    for name, files in records.RECORDS.items():
         convzoo.get_model_cfg(name)
         for f in files:
-            assert f.url.endswith("/" + f.file_name)
+            assert f.model == name and f.url.endswith("/" + f.file_name)
             if f.hash is not None:
                 algorithm, _, hexdigest = f.hash.partition(":")
                 assert algorithm in ("md5", "sha256") and int(hexdigest, 16) >= 0

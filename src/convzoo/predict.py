@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ImageError
+from .preprocess import MODES, choose_preprocessing
 
 Prediction = tuple[str, str, float]
 
@@ -94,12 +95,13 @@ def resolve_model(model_name: str | None, weights: str | None) -> tuple[nn.Modul
 
 def predict_files(model: nn.Module, paths: Sequence[Path], *, batch_size: int = 8, mode: str | None = None,
                   progress: bool = False) -> torch.Tensor:
-    """Class probabilities (N, classes) for the image files at ``paths``, preprocessed as the model expects."""
+    """Class probabilities (N, classes) for the image files at ``paths``, preprocessed as recorded with the
+    model's weights (``model.weights_meta``, else its ``default_cfg``); ``mode`` overrides the preprocessing."""
     from tqdm import tqdm
 
     from .preprocess import ImageTransform
 
-    transform = ImageTransform.from_cfg(model.default_cfg, mode)
+    transform = ImageTransform.from_model(model, mode)
     out = []
     batches = range(0, len(paths), batch_size)
     with torch.inference_mode():
@@ -120,7 +122,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top must lie in [1, {n_classes}], got {args.top}")
     if class_names is None and n_classes != 1000:
         class_names = [str(i) for i in range(n_classes)]
-    probs = predict_files(model, paths, batch_size=args.batch_size,
+    mode, warning = choose_preprocessing(model, args.preprocessing)
+    if warning:
+        print(f"convzoo: warning: {warning}", file=sys.stderr)
+    probs = predict_files(model, paths, batch_size=args.batch_size, mode=mode,
                           progress=len(paths) > 4 * args.batch_size and sys.stderr.isatty())
     for path, preds in zip(paths, decode_predictions(probs, args.top, class_names)):
         if args.json:
@@ -142,4 +147,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--preprocessing", choices=MODES,
+                   help="normalise with this mode instead of the one recorded with the weights (warns)")
     p.set_defaults(func=cmd_predict)

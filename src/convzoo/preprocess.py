@@ -1,6 +1,8 @@
 """Preprocessing as Keras names it: ``'tf'``, ``'caffe'``, ``'torch'``, plus the seed's ``'cifar'``.
 
-All functions take float tensors of RGB pixels in 0..255, shaped (N, 3, H, W).
+All functions take float tensors of RGB pixels in 0..255, shaped (N, 3, H, W). Which mode a model takes is
+recorded with its weights (``model.weights_meta``, see :mod:`convzoo.weights.records`); a model without a
+record takes its ``default_cfg``'s.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +24,41 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 CIFAR_MEAN = (125.307, 122.95, 113.865)
 CIFAR_STD = (62.9932, 62.0887, 66.7048)
 MODES = ("tf", "caffe", "torch", "cifar")
+
+
+def mode_stats(mode: str) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
+    """The per-channel mean and std (0..255 pixel units, in the channel order the model takes) that ``mode``
+    normalises with, and whether that order is BGR."""
+    if mode == "tf":
+        return (127.5,) * 3, (127.5,) * 3, False
+    if mode == "caffe":
+        return CAFFE_MEAN_BGR, (1.0,) * 3, True
+    if mode == "torch":
+        return tuple(255.0 * m for m in IMAGENET_MEAN), tuple(255.0 * s for s in IMAGENET_STD), False
+    if mode == "cifar":
+        return CIFAR_MEAN, CIFAR_STD, False
+    raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def recorded_preprocessing(model: Any) -> str:
+    """The preprocessing mode recorded with ``model``'s weights (``model.weights_meta``), else its
+    ``default_cfg``'s."""
+    meta = getattr(model, "weights_meta", None)
+    return meta.preprocessing if meta is not None else model.default_cfg.preprocessing
+
+
+def choose_preprocessing(model: Any, requested: str | None) -> tuple[str, str | None]:
+    """The mode to use for ``model`` when the user asked for ``requested`` (None: the recorded one), and a
+    one-line warning when the request differs from the recorded mode."""
+    recorded = recorded_preprocessing(model)
+    if requested is None or requested == recorded:
+        return recorded, None
+    if requested not in MODES:
+        raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {requested!r}")
+    meta = getattr(model, "weights_meta", None)
+    where = f"with the weights ({meta.name})" if meta is not None else f"for {model.default_cfg.name}"
+    return requested, (f"--preprocessing {requested} differs from the {recorded!r} preprocessing recorded {where}; "
+                       f"using {requested!r}")
 
 
 def preprocess_input(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -60,12 +98,23 @@ class ImageTransform:
         """The transform a model's ``default_cfg`` describes (``mode`` overrides its preprocessing)."""
         return cls(tuple(cfg.input_size[1:]), cfg.crop_pct, cfg.interpolation, mode or cfg.preprocessing)
 
+    @classmethod
+    def from_model(cls, model: Any, mode: str | None = None) -> "ImageTransform":
+        """The transform for ``model``: its input size, and the interpolation, crop fraction and
+        preprocessing recorded with its weights (``weights_meta``, else ``default_cfg``); ``mode`` overrides
+        the preprocessing."""
+        cfg = model.default_cfg
+        meta = getattr(model, "weights_meta", None) or cfg
+        return cls(tuple(cfg.input_size[1:]), meta.crop_pct, meta.interpolation,
+                   mode or recorded_preprocessing(model))
+
     def pixels(self, path: str | Path) -> torch.Tensor:
         """The image file at ``path`` resized and cropped, as a uint8 tensor (3, H, W)."""
         from .data.images import open_image, resize_cover_crop
 
         h, w = self.size
-        outer = (math.floor(h / self.crop_pct), math.floor(w / self.crop_pct))
+        # The small slack keeps a fraction like 299 / 342 from flooring to 341.
+        outer = (math.floor(h / self.crop_pct + 1e-6), math.floor(w / self.crop_pct + 1e-6))
         im = resize_cover_crop(open_image(path), outer, self.interpolation)
         top, left = (outer[0] - h) // 2, (outer[1] - w) // 2
         im = im.crop((left, top, left + w, top + h))

@@ -50,6 +50,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, n, per_class)")
+    p.add_argument("--preprocessing", choices=("tf", "caffe", "torch", "cifar"),
+                   help="normalise with this mode instead of the one recorded with the weights (warns)")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("compare", help="markdown table and overlaid curves of several runs")
@@ -92,7 +94,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``convzoo eval``."""
     from .evaluate import evaluate_target
 
-    result = evaluate_target(args.target, args.data, args.checkpoint, args.batch_size, args.device)
+    result = evaluate_target(args.target, args.data, args.checkpoint, args.batch_size, args.device,
+                             args.preprocessing)
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,13 +58,20 @@ class _Target:
 
 
 def evaluate_target(target: str | Path, data: str | Path | None = None, which: str = "best",
-                    batch_size: int = 256, device: str = "auto") -> Evaluated:
+                    batch_size: int = 256, device: str = "auto", preprocessing: str | None = None) -> Evaluated:
     """Evaluate a run folder (its ``which`` checkpoint), a checkpoint folder inside a run, or a checkpoint
-    file, on ``data``'s test split, or without ``data`` on the run's validation split."""
+    file, on ``data``'s test split, or without ``data`` on the run's validation split.
+
+    Inputs are normalised as recorded with the weights: the run's normalisation, a checkpoint's own
+    (``extra`` mean/std written by the trainer), else its weight record's preprocessing (``weights_meta``,
+    else ``default_cfg``). ``preprocessing`` overrides that with a mode, with a one-line warning on stderr
+    when it differs."""
     if which not in ("best", "last"):
         raise ConfigError(f"checkpoint must be best or last, got {which!r}")
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     t = _resolve(Path(target), which)
+    if preprocessing is not None:
+        t.mean, t.std, t.bgr = _override(t, preprocessing)
     if data is not None:
         ds = load_eval_data(data, t.input_size, t.resample)
         described = str(data)
@@ -80,6 +89,26 @@ def evaluate_target(target: str | Path, data: str | Path | None = None, which: s
     plot_confusion(tally.confusion, t.classes, t.png,
                    f"{t.name}: top-1 {tally.top1_acc:.4f} on {tally.n} images")
     return Evaluated(t.name, t.checkpoint, t.epoch, described, t.classes, tally, t.png)
+
+
+def _mode_of(mean: tuple[float, ...], std: tuple[float, ...], bgr: bool) -> str:
+    """The preprocessing mode with this normalisation, else the numbers."""
+    for mode, (m, s, b) in NORMALIZATION.items():
+        if b == bgr and all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip((*m, *s), (*mean, *std))):
+            return mode
+    return f"mean {list(mean)} std {list(std)}"
+
+
+def _override(t: _Target, mode: str) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
+    """The normalisation of ``mode``, with a warning line when it differs from the one recorded for ``t``."""
+    if mode not in NORMALIZATION:
+        raise ConfigError(f"preprocessing mode must be one of {', '.join(NORMALIZATION)}, got {mode!r}")
+    recorded = _mode_of(t.mean, t.std, t.bgr)
+    if recorded != mode:
+        print(f"convzoo: warning: --preprocessing {mode} differs from the {recorded!r} preprocessing recorded "
+              f"with {t.checkpoint}; using {mode!r}", file=sys.stderr)
+    mean, std, bgr = NORMALIZATION[mode]
+    return tuple(mean), tuple(std), bgr
 
 
 def _batches(ds: ArrayDataset, t: _Target, batch_size: int, device: torch.device) -> BatchLoader:
@@ -115,16 +144,19 @@ def _from_run(run_dir: Path, checkpoint: Path, png: Path) -> _Target:
 
 
 def _from_checkpoint(path: Path) -> _Target:
+    from ..preprocess import recorded_preprocessing
     from ..weights import load_checkpoint
 
     model = load_checkpoint(path)
     info = model.checkpoint_info
     cfg = model.default_cfg
-    mean, std, bgr = NORMALIZATION.get(cfg.preprocessing, (None, None, False))
+    mode = recorded_preprocessing(model)
+    mean, std, bgr = NORMALIZATION.get(mode, (None, None, False))
     mean, std = info.extra.get("mean", mean), info.extra.get("std", std)
     if mean is None or std is None:
-        raise CheckpointError(f"{info.path}: no normalisation known for preprocessing {cfg.preprocessing!r}")
+        raise CheckpointError(f"{info.path}: no normalisation known for preprocessing {mode!r}")
     classes = info.class_names or [str(i) for i in range(model.num_classes)]
     return _Target(model, info.model, info.path, info.extra.get("epoch"), classes, tuple(mean), tuple(std),
-                   info.extra.get("bgr", bgr), tuple(cfg.input_size[1:]), resample_for(cfg.interpolation), None,
+                   info.extra.get("bgr", bgr), tuple(cfg.input_size[1:]),
+                   resample_for((getattr(model, "weights_meta", None) or cfg).interpolation), None,
                    info.path.with_name(f"{info.path.stem}.confusion.png"))

@@ -1,8 +1,9 @@
 """convzoo's own checkpoint: one safetensors file whose metadata header holds a JSON config.
 
 The config records the registered model name, the :func:`~convzoo.create_model` arguments that rebuild it,
-the class names, the model's ``default_cfg`` (preprocessing, input size, ...) and a free-form ``extra``
-dict, so :func:`load_checkpoint` rebuilds the model in one call. Files are written atomically: a temporary
+the class names, the model's ``default_cfg`` (preprocessing, input size, ...), the record of the weights it
+was loaded from (``model.weights_meta``, see :mod:`.records`) and a free-form ``extra`` dict, so
+:func:`load_checkpoint` rebuilds the model in one call. Files are written atomically: a temporary
 file in the same folder, flushed to disk, then renamed over the target. Optimiser or trainer state does not
 belong here; keep it in its own file.
 """
@@ -30,7 +31,8 @@ FORMAT_VERSION = 1
 class CheckpointInfo:
     """What a checkpoint's header says: the ``model`` name, the ``model_args`` for ``create_model``,
     ``class_names`` (or None), the saved ``default_cfg`` (without builder kwargs), the ``extra`` dict,
-    and the convzoo version that wrote it."""
+    the convzoo version that wrote it, and the weight record (``WeightRecord.as_dict()``; None when the
+    model had none)."""
 
     path: Path
     model: str
@@ -39,6 +41,7 @@ class CheckpointInfo:
     default_cfg: dict[str, Any]
     extra: dict[str, Any]
     convzoo_version: str
+    weights_meta: dict[str, Any] | None = None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -126,8 +129,10 @@ def save_checkpoint(model: nn.Module, path: str | Path, class_names: Sequence[st
         class_names = [str(c) for c in class_names]
         if model.num_classes and len(class_names) != model.num_classes:
             raise CheckpointError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
+    meta = getattr(model, "weights_meta", None)
     config = dict(model=cfg.name, model_args=args, class_names=class_names,
-                  default_cfg={k: v for k, v in cfg.as_dict().items() if k != "kwargs"}, extra=extra or {})
+                  default_cfg={k: v for k, v in cfg.as_dict().items() if k != "kwargs"}, extra=extra or {},
+                  weights_meta=None if meta is None else meta.as_dict())
     try:
         header = json.dumps(config, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -154,8 +159,10 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     meta = formats.safetensors_metadata(file) or {}
     try:
         config = json.loads(meta[formats.CHECKPOINT_KEY])
+        weights_meta = config.get("weights_meta")
         return CheckpointInfo(file, config["model"], dict(config["model_args"]), config["class_names"],
-                              dict(config["default_cfg"]), dict(config["extra"]), meta.get("convzoo_version", "?"))
+                              dict(config["default_cfg"]), dict(config["extra"]), meta.get("convzoo_version", "?"),
+                              None if weights_meta is None else dict(weights_meta))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{file}: broken checkpoint config ({type(exc).__name__}: {exc})") from None
 
@@ -163,11 +170,13 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model saved at ``path`` and load its tensors (every one must fit).
 
-    The model's ``default_cfg`` is restored, ``model.class_names`` is set (None when none were saved) and
-    ``model.checkpoint_info`` holds the :class:`CheckpointInfo` (``extra`` included). Like ``create_model``,
+    The model's ``default_cfg`` is restored, ``model.class_names`` is set (None when none were saved),
+    ``model.weights_meta`` holds the saved weight record (None when none was saved) and
+    ``model.checkpoint_info`` the :class:`CheckpointInfo` (``extra`` included). Like ``create_model``,
     it returns the model in training mode; call ``.eval()`` for inference.
     """
     from .loading import LoadReport, apply_mapped
+    from .records import WeightRecord
     from .torch_state import read_safetensors, state_to_convzoo
 
     info = read_checkpoint(path)
@@ -182,5 +191,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info.default_cfg.items() if k in names}
     model.default_cfg = model.pretrained_cfg = replace(model.default_cfg, **saved)
     model.class_names = info.class_names
+    try:
+        model.weights_meta = None if info.weights_meta is None else WeightRecord.from_dict(info.weights_meta)
+    except TypeError as exc:
+        raise CheckpointError(f"{info.path}: broken weight record ({exc})") from None
     model.checkpoint_info = info
     return model.to(device)

@@ -6,11 +6,16 @@ layers; each layer's group has a ``weight_names`` attribute (``conv2d_1/kernel:0
 ``conv2d/kernel`` in Keras 3) naming its datasets. Keras 3: ``layers/<class>_<i>/vars/<j>``, where the group
 name counts layers per class and the ``name`` attribute of ``vars`` holds the layer's name; nested models
 repeat the pattern one level down.
+
+Whole-model files also carry the model's configuration (a legacy ``.h5``'s ``model_config`` attribute, a
+``.keras`` archive's ``config.json``); :func:`read_keras_config` and :func:`batchnorm_settings` read the
+BatchNormalization conventions from it.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,3 +125,45 @@ def read_keras(path: str | Path, archive: bool = False) -> tuple[str, list[Keras
     if not layers:
         raise WeightsError(f"{path}: Keras file without any weights")
     return layout, layers
+
+
+# Keras' BatchNormalization defaults, for configurations that leave them out.
+_KERAS_BN_EPSILON = 1e-3
+_KERAS_BN_MOMENTUM = 0.99
+
+
+def read_keras_config(path: str | Path, archive: bool = False) -> dict[str, Any] | None:
+    """The model configuration a Keras file carries (a whole-model legacy ``.h5``'s ``model_config``
+    attribute, a ``.keras`` archive's ``config.json``), or None for a weights-only file."""
+    import h5py
+
+    try:
+        if archive:
+            with zipfile.ZipFile(path) as z:
+                raw: Any = z.read("config.json") if "config.json" in z.namelist() else None
+        else:
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("model_config")
+        if raw is None:
+            return None
+        config = json.loads(_decode(raw))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise WeightsError(f"{path}: cannot read its Keras model configuration ({one_line(exc)})") from None
+    return config if isinstance(config, dict) else None
+
+
+def batchnorm_settings(config: Any) -> dict[str, tuple[float, float]]:
+    """(epsilon, Keras momentum) of every BatchNormalization layer in a Keras model configuration, by name."""
+    found: dict[str, tuple[float, float]] = {}
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            layer = node.get("config")
+            if node.get("class_name") == "BatchNormalization" and isinstance(layer, dict) and "name" in layer:
+                found[str(layer["name"])] = (float(layer.get("epsilon", _KERAS_BN_EPSILON)),
+                                             float(layer.get("momentum", _KERAS_BN_MOMENTUM)))
+            stack.extend(node.values())
+    return found

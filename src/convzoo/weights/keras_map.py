@@ -5,7 +5,8 @@ Named layers map by rule (``block4_sepconv2_bn`` -> ``block4.sepconv2_bn``, ``co
 map by creation order, which is the order of their numeric suffixes, onto the matching convzoo modules in
 module order. Layouts: Conv2D kernels HWIO -> OIHW, depthwise (kh, kw, cin, mult) -> (cin*mult, 1, kh, kw),
 Dense (in, out) -> (out, in), BatchNormalization gamma, beta, moving mean, moving variance (no gamma with
-``scale=False``) -> weight, bias, running_mean, running_var.
+``scale=False``) -> weight, bias, running_mean, running_var. Pointwise and depthwise kernels stored in
+another layout are recognised by shape (:mod:`.layouts`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from ..layers import ConvBnAct, SeparableConv2d
 from .keras_h5 import KerasLayer
+from .layouts import KERAS_DEPTHWISE, KERAS_POINTWISE, fit_kernel
 from .mapping import Mapped, Tensor
 
 _UNNAMED_CONV = re.compile(r"conv2d(?:_(\d+))?")
@@ -147,9 +149,22 @@ def _convert(layer: KerasLayer, path: str, module: nn.Module, partner: KerasLaye
     elif partner is not None:
         out.unplaced.append(f"Keras '{partner.name}' (its conv {path} is not grouped)")
     for role, suffix, fn in spec:
-        if role in arrays:
+        if role not in arrays:
+            continue
+        key = f"{path}.{suffix}"
+        owner, _, param = suffix.rpartition(".")
+        fitted = None
+        if param == "weight":
+            target = module.get_submodule(owner) if owner else module
+            fitted = fit_kernel(torch.from_numpy(np.ascontiguousarray(arrays[role])), target, True,
+                                f"{origin} -> {key}")
+        if fitted is None:
             value = torch.from_numpy(np.ascontiguousarray(fn(arrays[role])))
-            out.tensors[f"{path}.{suffix}"] = Tensor(value, origin)
+        else:
+            value, layout = fitted
+            if layout not in (KERAS_POINTWISE, KERAS_DEPTHWISE):
+                out.notes.append(f"{origin} -> {key}: kernel stored as {layout}, converted")
+        out.tensors[key] = Tensor(value, origin)
 
 
 def _place_ordered(layers: list[KerasLayer], pattern: re.Pattern[str], slots: list[str],
@@ -220,27 +235,33 @@ def _place_resnet(layers: list[KerasLayer], model: nn.Module, out: Mapped) -> li
     return placed
 
 
-def keras_to_convzoo(layers: list[KerasLayer], model: nn.Module) -> Mapped:
-    """Convert Keras layers to tensors under ``model``'s state-dict keys (see the module docstring)."""
+def keras_placements(layers: list[KerasLayer], model: nn.Module, out: Mapped) -> list[Placement]:
+    """Where each Keras layer goes in ``model``: (layer, convzoo module path, its ``_2_gconv`` partner or
+    None). Layers that fit nowhere are added to ``out.unplaced``. Only layer names are read. Raises
+    TypeError for a model family without a Keras layout."""
     from ..models.inception_v3 import InceptionV3
     from ..models.resnet import ResNet
     from ..models.xception import Xception
 
-    out = Mapped(layout="keras")
     if isinstance(model, Xception):
-        placed = _place_xception(layers, model, out)
-    elif isinstance(model, InceptionV3):
-        placed = _place_inception(layers, model, out)
-    elif isinstance(model, ResNet):
-        placed = _place_resnet(layers, model, out)
-    else:
-        raise TypeError(f"no Keras mapping for {type(model).__name__}")
-    for layer, path, partner in placed:
+        return _place_xception(layers, model, out)
+    if isinstance(model, InceptionV3):
+        return _place_inception(layers, model, out)
+    if isinstance(model, ResNet):
+        return _place_resnet(layers, model, out)
+    raise TypeError(f"no Keras mapping for {type(model).__name__}")
+
+
+def keras_to_convzoo(layers: list[KerasLayer], model: nn.Module) -> Mapped:
+    """Convert Keras layers to tensors under ``model``'s state-dict keys (see the module docstring)."""
+    out = Mapped(layout="keras")
+    for layer, path, partner in keras_placements(layers, model, out):
         try:
             module = model.get_submodule(path)
         except AttributeError:
             out.unplaced.append(f"Keras '{layer.name}' (no module {path})")
             continue
+        out.modules[layer.name] = path
         _convert(layer, path, module, partner, out)
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import ChecksumError, WeightsError
 from . import formats
+from .layouts import TORCH_DEPTHWISE, TORCH_POINTWISE, fit_kernel
 from .mapping import Mapped
+from .records import WeightRecord, find_record
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,8 @@ _AUX = "AuxLogits."
 class LoadReport:
     """What :func:`load_weights` did: the file, its ``format`` and key ``layout``, the convzoo keys
     ``loaded``, the classifier tensors ``skipped`` (with why), and ``missing``/``unexpected``/``mismatched``
-    entries (empty after a strict load; with ``strict=False`` what was left out)."""
+    entries (empty after a strict load; with ``strict=False`` what was left out), ``notes`` (conversions,
+    BatchNorm conventions, folds) and the :class:`~.records.WeightRecord` attached to the model."""
 
     path: str
     format: str
@@ -35,6 +39,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    record: WeightRecord | None = None
 
     @property
     def complete(self) -> bool:
@@ -80,6 +85,7 @@ def apply_mapped(model: nn.Module, mapped: Mapped, report: LoadReport, strict: b
     target = model.state_dict(keep_vars=True)
     heads = _head_prefixes(model) if lenient_head else ()
     has_aux = any(k.startswith(_AUX) for k in target)
+    keras_source = mapped.layout.startswith("keras")
     loaded = {}
     for key, (value, origin) in mapped.tensors.items():
         is_head = key.startswith(heads) or (lenient_head and key.startswith(_AUX) and not has_aux)
@@ -90,8 +96,14 @@ def apply_mapped(model: nn.Module, mapped: Mapped, report: LoadReport, strict: b
             else:
                 report.unexpected.append(src)
         elif tuple(value.shape) != tuple(target[key].shape):
-            msg = f"{src}: model {_shape(target[key])}, file {_shape(value)}"
-            (report.skipped if is_head else report.mismatched).append(msg)
+            fitted = None if keras_source else _fit_layout(model, key, value, src)
+            if fitted is None:
+                msg = f"{src}: model {_shape(target[key])}, file {_shape(value)}"
+                (report.skipped if is_head else report.mismatched).append(msg)
+            else:
+                loaded[key], layout = fitted
+                if layout not in (TORCH_POINTWISE, TORCH_DEPTHWISE):
+                    report.notes.append(f"{src}: kernel stored as {layout}, converted")
         else:
             loaded[key] = value
     report.unexpected.extend(mapped.unplaced)
@@ -112,6 +124,7 @@ def apply_mapped(model: nn.Module, mapped: Mapped, report: LoadReport, strict: b
         for key, value in loaded.items():
             target[key].copy_(value)
     report.loaded = list(loaded)
+    _apply_batchnorm(model, mapped.batchnorm, report)
     if report.skipped:
         warnings.warn(f"{report.path}: classifier/auxiliary head not loaded: "
                       f"{_listing(report.skipped, 'tensors')}", stacklevel=3)
@@ -121,21 +134,54 @@ def apply_mapped(model: nn.Module, mapped: Mapped, report: LoadReport, strict: b
     return report
 
 
+def _fit_layout(model: nn.Module, key: str, value: torch.Tensor, src: str) -> tuple[torch.Tensor, str] | None:
+    """A torch file's pointwise/depthwise kernel stored in another layout, converted (see :mod:`.layouts`)."""
+    path, _, param = key.rpartition(".")
+    if param != "weight":
+        return None
+    return fit_kernel(value, model.get_submodule(path), False, src)
+
+
+def _apply_batchnorm(model: nn.Module, settings: dict[str, tuple[float, float]], report: LoadReport) -> None:
+    """Give each BatchNorm the (eps, torch momentum) the file's model configuration states; note those that
+    differ from the model's."""
+    changed = []
+    for path, (eps, momentum) in settings.items():
+        bn = model.get_submodule(path)
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            continue
+        diffs = []
+        if not math.isclose(bn.eps, eps, rel_tol=1e-6):
+            diffs.append(f"eps {bn.eps:g} -> {eps:g}")
+            bn.eps = eps
+        if bn.momentum is not None and not math.isclose(bn.momentum, momentum, rel_tol=1e-6):
+            diffs.append(f"momentum {bn.momentum:g} -> {momentum:g}")
+            bn.momentum = momentum
+        if diffs:
+            changed.append(f"{path}: {', '.join(diffs)}")
+    if changed:
+        report.notes.append(f"BatchNorm conventions from the file's model configuration differ from the model's "
+                            f"on {_listing(changed, 'layers')}; the file's applied")
+
+
 def read_mapped(path: Path, fmt: str, model: nn.Module) -> Mapped:
     """Read the file at ``path`` (of format ``fmt``) and rename its tensors to ``model``'s keys."""
     if fmt in (formats.KERAS_H5, formats.KERAS_ARCHIVE):
-        from .keras_h5 import read_keras
-        from .keras_map import keras_to_convzoo
+        from .keras_h5 import batchnorm_settings, read_keras, read_keras_config
+        from .keras_map import guess_keras_model, keras_to_convzoo
 
-        from .keras_map import guess_keras_model
-
-        layout, layers = read_keras(path, archive=fmt == formats.KERAS_ARCHIVE)
+        archive = fmt == formats.KERAS_ARCHIVE
+        layout, layers = read_keras(path, archive=archive)
         try:
             mapped = keras_to_convzoo(layers, model)
         except TypeError as exc:
             raise WeightsError(f"{path}: {exc}") from None
         mapped.layout = f"keras ({layout})"
         mapped.guess = guess_keras_model(layers)
+        config = read_keras_config(path, archive=archive)
+        for name, (eps, momentum) in batchnorm_settings(config or {}).items():
+            if name in mapped.modules:
+                mapped.batchnorm[mapped.modules[name]] = (eps, 1.0 - momentum)
         return mapped
     from .torch_state import guess_torch_model, read_safetensors, read_torch, state_to_convzoo
 
@@ -146,6 +192,26 @@ def read_mapped(path: Path, fmt: str, model: nn.Module) -> Mapped:
     mapped = state_to_convzoo(state, layout="convzoo checkpoint" if fmt == formats.CONVZOO else None)
     mapped.guess = guess_torch_model(state)
     return mapped
+
+
+def _record_of_file(model: nn.Module, file: Path, fmt: str, mapped: Mapped) -> WeightRecord | None:
+    """The record of a file no published record names (a convzoo checkpoint's stored one, if any)."""
+    from ..registry import ModelCfg
+    from .records import record_for_file
+
+    cfg = getattr(model, "default_cfg", None)
+    if not isinstance(cfg, ModelCfg):
+        return None
+    saved_mode = None
+    if fmt == formats.CONVZOO:
+        from .checkpoint import read_checkpoint
+
+        info = read_checkpoint(file)
+        if info.weights_meta is not None:
+            return WeightRecord.from_dict(info.weights_meta)
+        saved_mode = info.default_cfg.get("preprocessing")
+    include_top = any(k.startswith(f"{cfg.classifier}.") for k in mapped.tensors)
+    return record_for_file(cfg, file, f"file ({fmt})", include_top, saved_mode)
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
@@ -159,25 +225,43 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Loa
     number of classes, gets everything but the classifier (with a warning). With ``strict`` (default),
     anything else missing, left over or of the wrong shape raises :class:`WeightsError`, one line naming
     the tensors.
+
+    A file named like a published one must match its record's hash (else :class:`ChecksumError`). The
+    model gets the file's :class:`~.records.WeightRecord` as ``model.weights_meta`` (also in the report):
+    the published record, else one built from the file. BatchNorm epsilon and momentum stated in a Keras
+    file's model configuration are applied; torchvision Inception V3 weights get their ``transform_input``
+    folded into the first convolution.
     """
     from ..models.base import FeatureExtractor
 
     if isinstance(model, FeatureExtractor):
         raise WeightsError("load weights into the whole model, then build the feature extractor")
-    pretrained = None
+    record = None
     if isinstance(path, str) and path.split(":", 1)[0] == "imagenet":
         from .hub import fetch_pretrained
 
-        pretrained, path = fetch_pretrained(model, path)
+        record, path = fetch_pretrained(model, path)
     fmt, file = formats.detect_format(path)
+    if record is None:
+        from .hub import verify
+
+        record = find_record(file.name)
+        if record is not None:
+            try:
+                verify(file, record.hash, str(file), record.size)
+            except ChecksumError as exc:
+                raise ChecksumError(f"{exc}; the file is named as the published {record.name} weights") from None
     mapped = read_mapped(file, fmt, model)
     report = apply_mapped(model, mapped, LoadReport(str(file), fmt, mapped.layout), strict=strict)
-    if pretrained is not None and pretrained.preprocessing and hasattr(model, "default_cfg"):
-        from dataclasses import replace
+    if record is not None and record.transform_input:
+        from .fold import TORCHVISION_INCEPTION_SCALE, TORCHVISION_INCEPTION_SHIFT, fold_input_affine
 
-        if model.default_cfg.preprocessing != pretrained.preprocessing:
-            model.default_cfg = model.pretrained_cfg = replace(model.default_cfg,
-                                                               preprocessing=pretrained.preprocessing)
-            report.notes.append(f"these weights expect {pretrained.preprocessing!r} preprocessing; "
-                                "default_cfg updated")
+        folded = fold_input_affine(model, TORCHVISION_INCEPTION_SCALE, TORCHVISION_INCEPTION_SHIFT)
+        report.notes.append(f"torchvision's transform_input folded into {folded}: the model takes "
+                            f"{record.preprocessing!r} preprocessing")
+    if record is None:
+        record = _record_of_file(model, file, fmt, mapped)
+    report.record = record
+    if record is not None:
+        model.weights_meta = record
     return report

@@ -21,7 +21,9 @@ class Tensor(NamedTuple):
 class Mapped:
     """An importer's result: ``tensors`` by convzoo key, ``unplaced`` origins that fit no convzoo module,
     ``mismatched`` origins whose arrays do not fit their module (with the reason), the source ``layout``,
-    the model the file most likely belongs to (``guess``, for error messages) and ``notes`` for the report."""
+    the model the file most likely belongs to (``guess``, for error messages) and ``notes`` for the report.
+    ``modules``: source layer name -> convzoo module path (Keras files); ``batchnorm``: convzoo BatchNorm
+    path -> (eps, torch momentum) read from the file's own model configuration."""
 
     layout: str
     tensors: dict[str, Tensor] = field(default_factory=dict)
@@ -29,6 +31,8 @@ class Mapped:
     mismatched: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     guess: str | None = None
+    modules: dict[str, str] = field(default_factory=dict)
+    batchnorm: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def one_line(exc: BaseException) -> str:

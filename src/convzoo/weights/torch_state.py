@@ -133,18 +133,23 @@ def _timm_xception_keys(keys: list[str]) -> dict[str, str]:
     return renamed
 
 
+def rename_keys(keys: list[str], layout: str | None = None) -> dict[str, str]:
+    """Source key -> convzoo key for a torchvision/timm/convzoo state dict's ``keys`` (``layout`` detected
+    when None)."""
+    layout = layout or detect_layout(keys)
+    if layout == TORCHVISION_RESNET:
+        return {k: _torchvision_resnet_key(k) for k in keys}
+    if layout == TIMM_XCEPTION:
+        return _timm_xception_keys(keys)
+    return {k: k for k in keys}
+
+
 def state_to_convzoo(state: dict[str, torch.Tensor], layout: str | None = None) -> Mapped:
     """Rename a torchvision/timm/convzoo state dict to convzoo keys (``layout`` detected when None)."""
     keys = list(state)
     layout = layout or detect_layout(keys)
-    if layout == TORCHVISION_RESNET:
-        renamed = {k: _torchvision_resnet_key(k) for k in keys}
-    elif layout == TIMM_XCEPTION:
-        renamed = _timm_xception_keys(keys)
-    else:
-        renamed = {k: k for k in keys}
     out = Mapped(layout=layout)
-    for key, new in renamed.items():
+    for key, new in rename_keys(keys, layout).items():
         out.tensors[new] = Tensor(state[key], f"'{key}'")
     return out
 
