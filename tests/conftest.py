@@ -11,5 +11,7 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_restore_determinism():
     torch.manual_seed(0)
+    yield
+    torch.use_deterministic_algorithms(False)

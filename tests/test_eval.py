@@ -8,19 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from convzoo import create_model
 from convzoo.cli import main
 from convzoo.train.recipes import CIFAR_MEAN, CIFAR_STD
 
 from test_train import train_args, write_cifar
-
-
-@pytest.fixture(autouse=True)
-def _no_global_determinism():
-    yield
-    torch.use_deterministic_algorithms(False)
 
 
 @pytest.fixture(scope="module")

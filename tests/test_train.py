@@ -68,12 +68,6 @@ def results(run: Path) -> list[tuple[str, ...]]:
     return [tuple(row[k] for k in keys) for row in metrics(run)]
 
 
-@pytest.fixture(autouse=True)
-def _no_global_determinism():
-    yield
-    torch.use_deterministic_algorithms(False)
-
-
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory) -> Path:
     return write_cifar(tmp_path_factory.mktemp("data") / "cifar", 200)
