@@ -20,8 +20,8 @@ install: $(STAMP)
 # Train the fast recipe's model on the embedded CIFAR-10 subset into runs/demo (replacing an earlier demo),
 # evaluate it on its validation split, and print the results table.
 demo: $(STAMP)
-	$(BIN)/convzoo train --recipe fast --out runs/demo --overwrite
-	$(BIN)/convzoo eval runs/demo
+	$(BIN)/convzoo train --recipe fast --channels-last --out runs/demo --overwrite
+	$(BIN)/convzoo eval runs/demo --checkpoint last
 	$(BIN)/convzoo compare runs/demo --out runs/demo/compare.png
 
 test: $(STAMP)

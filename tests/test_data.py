@@ -25,7 +25,7 @@ from PIL import Image
 
 from convzoo.data import (ArrayDataset, BatchLoader, check_batch_size, download_cifar,
                           load_cifar, load_data, load_image_folder, load_train_val, resize_dataset,
-                          train_val_split)
+                          embedded_cifar10, train_val_split)
 from convzoo.data import download as download_module
 from convzoo.errors import ChecksumError, ConfigError, DataError, DownloadError, UnsafeFileError
 
@@ -503,3 +503,19 @@ def test_image_folder_errors(tmp_path: Path) -> None:
         load_image_folder(tmp_path / "onebad", (8, 8))
     with pytest.raises(ConfigError, match="input_size"):
         load_data(tmp_path / "onebad")
+
+
+def test_cutout_zeroes_one_clipped_square_per_image_reproducibly():
+    from convzoo.data.loader import random_cutout
+
+    x = torch.ones(64, 3, 32, 32)
+    a = random_cutout(x, torch.Generator().manual_seed(3), 8)
+    b = random_cutout(x, torch.Generator().manual_seed(3), 8)
+    assert torch.equal(a, b)
+    zeros = (a[:, 0] == 0).sum((1, 2))
+    assert zeros.max() == 9 * 9 and zeros.min() >= 5 * 5  # a 9x9 square, clipped at the border
+    assert torch.equal(a[:, 0] == 0, a[:, 2] == 0)
+    ds = embedded_cifar10().subset(torch.arange(128))
+    loader = BatchLoader(ds, 64, mean=(0, 0, 0), std=(1, 1, 1), train=True, flip=False, shift=0.0, cutout=8)
+    x, _ = next(iter(loader))
+    assert ((x == 0).all(1).sum((1, 2)) >= 25).all()

@@ -96,7 +96,7 @@ def test_compare_table_and_figure(runs, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("| run | model | parameters | best val acc | final val acc | epochs | wall time |")
     a, b = out[2], out[3]
-    assert a.startswith("| a | xception_cifar |") and b.startswith("| b | xception_cifar |")
+    assert a.startswith("| a | xception_cifar_tiny |") and b.startswith("| b | xception_cifar_tiny |")
     params = json.loads((runs[0] / "config.json").read_text())["params"]
     assert f"| {params:,} |" in a and "| 2 |" in a and "| 1 |" in b
     assert png.stat().st_size > 0

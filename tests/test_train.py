@@ -88,7 +88,7 @@ def test_run_folder_holds_every_artefact(run, capsys):
     for which in ("last", "best"):
         assert {p.name for p in (run / which).iterdir()} == {"model.safetensors", "state.pt"}
     config = json.loads((run / "config.json").read_text())
-    assert config["model"] == "xception_cifar" and config["recipe"]["name"] == "fast"
+    assert config["model"] == "xception_cifar_tiny" and config["recipe"]["name"] == "fast"
     assert config["recipe"]["epochs"] == 2 and config["recipe"]["batch_size"] == 32
     assert config["train_images"] == 180 and config["val_images"] == 20
     assert config["data"]["val_fraction"] == 0.1 and config["data"]["split_seed"] == 0

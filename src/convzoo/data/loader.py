@@ -50,6 +50,18 @@ def random_flip_shift(x: torch.Tensor, gen: torch.Generator, flip: bool, shift: 
     return x
 
 
+def random_cutout(x: torch.Tensor, gen: torch.Generator, size: int) -> torch.Tensor:
+    """Zero a ``size`` x ``size`` square (clipped at the border) at a random centre in each image
+    (DeVries & Taylor, 2017); after normalisation 0 is the mean colour."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=gen, device=gen.device).to(x.device)
+    cx = torch.randint(0, w, (n,), generator=gen, device=gen.device).to(x.device)
+    rows = (torch.arange(h, device=x.device)[None, :] - cy[:, None]).abs() <= size // 2
+    cols = (torch.arange(w, device=x.device)[None, :] - cx[:, None]).abs() <= size // 2
+    keep = ~(rows[:, :, None] & cols[:, None, :])
+    return x * keep[:, None].to(x.dtype)
+
+
 class BatchLoader:
     """Iterates over an :class:`ArrayDataset` in batches of normalised float tensors.
 
@@ -62,7 +74,7 @@ class BatchLoader:
     def __init__(self, ds: ArrayDataset, batch_size: int, *, mean: tuple[float, ...], std: tuple[float, ...],
                  train: bool = False, flip: bool = True, shift: float = 0.125, seed: int = 0,
                  drop_last: bool = False, device: torch.device | str = "cpu",
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, cutout: int = 0) -> None:
         if drop_last:
             check_batch_size(ds, batch_size)
         else:
@@ -71,7 +83,7 @@ class BatchLoader:
         self.images = ds.images.to(self.device)
         self.labels = ds.labels.to(self.device)
         self.batch_size, self.train, self.flip, self.shift = batch_size, train, flip, shift
-        self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
+        self.seed, self.drop_last, self.channels_last, self.cutout = seed, drop_last, channels_last, cutout
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.epoch = 0
@@ -95,6 +107,8 @@ class BatchLoader:
             x = (self.images[idx].float() - self.mean) / self.std
             if self.train:
                 x = random_flip_shift(x, gen, self.flip, self.shift)
+                if self.cutout > 0:
+                    x = random_cutout(x, gen, self.cutout)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]

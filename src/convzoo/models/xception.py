@@ -169,3 +169,8 @@ _register("xception_cifar_he_wd", "seed (he_normal, L2 1e-4, BN momentum 0.9 / e
 _register("xception_cifar_slim", "seed (he_wd, blocks 2-4 stride 1)", blocks=XCEPTION_SLIM, **SEED_HE_WD)
 _register("xception_cifar_slim_thinner", "seed (slim, 3x3 conv to 364, widths halved)",
           stem=STEM_THINNER, blocks=XCEPTION_THINNER, **SEED_HE_WD)
+_register("xception_cifar_tiny", "convzoo fast recipe (stride-2 stem, widths 32-512, middle block at 4x4)",
+          stem=((32, 2), (64, 1)),
+          blocks=(Block((128, 128), stride=2, pool=True, first_act=False), Block((256, 256), stride=2, pool=True),
+                  Block((256, 256, 256)), Block((512,), residual=False, preact=False)),
+          stem_padding="same", bias=False, kernel_init="he_normal", bn_eps=1e-5, bn_momentum=0.1)

@@ -190,7 +190,8 @@ def _train(opts: TrainOptions, recipe: Recipe, env: DistEnv, use_cuda: bool) -> 
     barrier(env)
 
     train_loader = BatchLoader(train_ds, recipe.batch_size, mean=mean, std=std, train=True, flip=recipe.flip,
-                               shift=recipe.shift, seed=recipe.seed, device=device, channels_last=opts.channels_last)
+                               shift=recipe.shift, seed=recipe.seed, device=device, channels_last=opts.channels_last,
+                               cutout=recipe.cutout)
     val_part = val_ds.subset(torch.arange(len(val_ds)).tensor_split(env.world_size)[env.rank])
     val_loader = BatchLoader(val_part, recipe.batch_size, mean=mean, std=std, device=device,
                              channels_last=opts.channels_last)
