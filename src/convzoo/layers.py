@@ -73,8 +73,25 @@ class MaxPool2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding == "same":
+            native = self._native_same(x.shape[-2], x.shape[-1])
+            if native is not None:
+                return F.max_pool2d(x, self.kernel_size, self.stride, native[0], ceil_mode=native[1])
             x = _pad_same(x, self.kernel_size, self.stride, (1, 1), value=float("-inf"))
         return F.max_pool2d(x, self.kernel_size, self.stride, self.static_padding)
+
+    def _native_same(self, h: int, w: int) -> tuple[tuple[int, int], bool] | None:
+        """TF 'same' as PyTorch's own padding, without a padded copy: symmetric padding, or one extra cell
+        at the bottom/right as ``ceil_mode``'s extra window. None when neither fits."""
+        pads = [same_pad_amounts(n, k, s) for n, k, s in zip((h, w), self.kernel_size, self.stride)]
+        if all(a == b for a, b in pads):
+            return (pads[0][0], pads[1][0]), False
+        if all(b - a == 1 and 2 * a <= k // 2 for (a, b), k in zip(pads, self.kernel_size)):
+            outs = [(n + 2 * a - k + s - 1) // s + 1 for n, (a, _), k, s in zip((h, w), pads, self.kernel_size,
+                                                                               self.stride)]
+            if all(o == math.ceil(n / s) and (o - 1) * s < n + a for o, n, (a, _), s in
+                   zip(outs, (h, w), pads, self.stride)):
+                return (pads[0][0], pads[1][0]), True
+        return None
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
