@@ -10,20 +10,13 @@ import torch
 from safetensors.torch import save_file
 
 import convzoo
+from helpers import randomize_
 from convzoo import load_checkpoint, save_checkpoint
 from convzoo.errors import CheckpointError
 from convzoo.weights import read_checkpoint
 from convzoo.weights.checkpoint import model_args_of
 
 
-def _randomize_(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
-                        else torch.randn(t.shape, generator=g) * 0.1)
-    return model.eval()
 
 
 def _same_state(a, b) -> bool:
@@ -32,7 +25,7 @@ def _same_state(a, b) -> bool:
 
 
 def test_round_trip_rebuilds_model_and_config(tmp_path):
-    model = _randomize_(convzoo.create_model("resnext29_32x4d", num_classes=5, in_chans=1, pooling="max",
+    model = randomize_(convzoo.create_model("resnext29_32x4d", num_classes=5, in_chans=1, pooling="max",
                                              input_size=(40, 40), drop_rate=0.2))
     model.default_cfg = replace(model.default_cfg, preprocessing="tf")
     names = ["a", "b", "c", "d", "e"]
@@ -54,7 +47,7 @@ def test_round_trip_rebuilds_model_and_config(tmp_path):
 
 
 def test_headless_model_and_folder(tmp_path):
-    model = _randomize_(convzoo.create_model("xception_cifar_slim_thinner", include_top=False))
+    model = randomize_(convzoo.create_model("xception_cifar_slim_thinner", include_top=False))
     assert model_args_of(model) == {"include_top": False}
     assert save_checkpoint(model, tmp_path) == tmp_path / "model.safetensors"
     loaded = load_checkpoint(tmp_path).eval()
@@ -66,7 +59,7 @@ def test_headless_model_and_folder(tmp_path):
 
 def test_arguments_not_readable_from_the_model(tmp_path):
     """depth_multiplier leaves no trace the checkpoint can read back: save asks for model_args."""
-    model = _randomize_(convzoo.create_model("inception_v3_cifar", aux_logits=True, depth_multiplier=0.25))
+    model = randomize_(convzoo.create_model("inception_v3_cifar", aux_logits=True, depth_multiplier=0.25))
     with pytest.raises(CheckpointError, match=r"does not rebuild this model .*pass model_args="):
         save_checkpoint(model, tmp_path / "m.safetensors")
     args = {"aux_logits": True, "depth_multiplier": 0.25}
@@ -76,7 +69,7 @@ def test_arguments_not_readable_from_the_model(tmp_path):
 
 
 def test_checkpoint_through_load_weights_and_create_model(tmp_path):
-    model = _randomize_(convzoo.create_model("resnext29_32x4d"))
+    model = randomize_(convzoo.create_model("resnext29_32x4d"))
     path = save_checkpoint(model, tmp_path / "m.safetensors")
     other = convzoo.create_model("resnext29_32x4d")
     report = convzoo.load_weights(other, path)
@@ -87,7 +80,7 @@ def test_checkpoint_through_load_weights_and_create_model(tmp_path):
 
 
 def test_overwrite_is_atomic(tmp_path, monkeypatch):
-    model = _randomize_(convzoo.create_model("resnext29_32x4d"))
+    model = randomize_(convzoo.create_model("resnext29_32x4d"))
     path = save_checkpoint(model, tmp_path / "m.safetensors", extra={"v": 1})
     before = path.read_bytes()
 
@@ -96,7 +89,7 @@ def test_overwrite_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(_randomize_(model, seed=1), path, extra={"v": 2})
+        save_checkpoint(randomize_(model, seed=1), path, extra={"v": 2})
     monkeypatch.undo()
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
     save_checkpoint(model, path, extra={"v": 3})
@@ -117,7 +110,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_foreign_and_broken_files(tmp_path):
-    model = _randomize_(convzoo.create_model("resnext29_32x4d"))
+    model = randomize_(convzoo.create_model("resnext29_32x4d"))
     state = model.state_dict()
     save_file(state, tmp_path / "plain.safetensors")
     with pytest.raises(CheckpointError, match="not a convzoo checkpoint \\(safetensors\\); load it with load_weights"):

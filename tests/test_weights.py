@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import convzoo
+from helpers import randomize_
 from convzoo.cli import main
 from convzoo.errors import ChecksumError, DownloadError, UnsafeFileError, WeightsError
 from convzoo.layers import ConvBnAct
@@ -25,14 +26,6 @@ from convzoo.weights import hub, records
 from convzoo.weights.keras_map import fold_grouped_conv, gconv_kernel
 
 
-def _randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
-                        else torch.randn(t.shape, generator=g) * 0.1)
-    return model.eval()
 
 
 def _write_keras2(path: Path, layers: list, whole_model: bool = False, order: list[str] | None = None) -> Path:
@@ -107,14 +100,14 @@ def keras_inception_layers(model: nn.Module) -> list:
 def resnext(tmp_path_factory):
     """A random resnext50_32x4d and its weights as a keras-applications ResNeXt50 file (without the fixed
     1x1 kernels, which would make it 600 MB)."""
-    model = _randomize_(convzoo.create_model("resnext50_32x4d"))
+    model = randomize_(convzoo.create_model("resnext50_32x4d"))
     layers = keras_resnext_layers(model, with_gconv=False)
     return model, _write_keras2(tmp_path_factory.mktemp("resnext") / "resnext50.h5", layers)
 
 
 @pytest.fixture(scope="module")
 def inception(tmp_path_factory):
-    model = _randomize_(convzoo.create_model("inception_v3_keras"))
+    model = randomize_(convzoo.create_model("inception_v3_keras"))
     return model, keras_inception_layers(model), tmp_path_factory.mktemp("inception")
 
 
@@ -170,7 +163,7 @@ def test_keras_resnext50_file(resnext):
 
 def test_keras_resnext_file_with_fixed_1x1(tmp_path):
     """Depthwise kernels folded through the ``_2_gconv`` kernels the file holds (ResNeXt-29 keeps it small)."""
-    model = _randomize_(convzoo.create_model("resnext29_32x4d"))
+    model = randomize_(convzoo.create_model("resnext29_32x4d"))
     path = _write_keras2(tmp_path / "r29.h5", keras_resnext_layers(model, with_gconv=True))
     loaded = convzoo.create_model("resnext29_32x4d").eval()
     assert convzoo.load_weights(loaded, path).complete
@@ -247,7 +240,7 @@ def test_weights_of_another_architecture_name_tensors(resnext, tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "does not fit xception (it looks like resnext50_32x4d weights)" in msg
     assert "missing [block1.conv1.weight" in msg and "Keras 'conv1_conv'" in msg and "more]" in msg
-    ref = _randomize_(convzoo.create_model("resnext29_32x4d"))
+    ref = randomize_(convzoo.create_model("resnext29_32x4d"))
     torch.save(ref.state_dict(), tmp_path / "r29.pth")
     with pytest.raises(WeightsError, match=r"does not fit resnet50: .*missing \[conv1\.conv\.bias"):
         convzoo.load_weights(convzoo.create_model("resnet50"), tmp_path / "r29.pth")
@@ -301,7 +294,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, writer):
 
 
 def test_legacy_torch_pickle_and_wrapped_state_dict(tmp_path):
-    ref = _randomize_(convzoo.create_model("resnext29_32x4d"))
+    ref = randomize_(convzoo.create_model("resnext29_32x4d"))
     path = tmp_path / "legacy.pt"
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path,
                _use_new_zipfile_serialization=False)
@@ -369,7 +362,7 @@ def test_missing_file_and_feature_extractor(tmp_path):
 def test_create_model_with_weights_path(tmp_path):
     from safetensors.torch import save_file
 
-    ref = _randomize_(convzoo.create_model("resnext29_32x4d"))
+    ref = randomize_(convzoo.create_model("resnext29_32x4d"))
     save_file(ref.state_dict(), tmp_path / "w.safetensors")
     model = convzoo.create_model("resnext29_32x4d", weights=tmp_path / "w.safetensors")
     _assert_same_state(ref, model)
@@ -416,7 +409,7 @@ def _closed_port() -> int:
 def _serve_weights(root: Path, name: str = "r29.safetensors") -> tuple[nn.Module, str]:
     from safetensors.torch import save_file
 
-    ref = _randomize_(convzoo.create_model("resnext29_32x4d"))
+    ref = randomize_(convzoo.create_model("resnext29_32x4d"))
     save_file(ref.state_dict(), root / name)
     return ref, hashlib.md5((root / name).read_bytes()).hexdigest()
 
