@@ -73,8 +73,9 @@ def test_clean_import_has_no_divergent_layer(refs, app):
     assert report.first_divergent is None and report.agree and report.max_abs_logit_diff < 1e-4
     names = [r.name for r in report.rows]
     assert "predictions" in names and len(names) == len(set(names)) > 90
-    expected_node = {"Xception": "add_3", "InceptionV3": "mixed5", "ResNet50": "conv3_block2_out"}[app]
-    row = next(r for r in report.rows if r.name == expected_node)
+    # Keras numbers unnamed layers per session ("add", "add_3", ...), so Xception's is matched by prefix.
+    expected = {"Xception": "add", "InceptionV3": "mixed5", "ResNet50": "conv3_block2_out"}[app]
+    row = next(r for r in report.rows if r.name == expected or (app == "Xception" and r.name.startswith("add_")))
     assert row.shape[0] == 1 and len(row.shape) == 4
 
 
