@@ -14,6 +14,7 @@ from convzoo.cli import main
 from convzoo.errors import ConfigError
 from convzoo.predict import decode_predictions, imagenet_classes
 from convzoo.preprocess import ImageTransform, preprocess_input
+from convzoo.runtime import runtime_model
 
 
 def run(capsys, *argv):
@@ -44,6 +45,22 @@ def photos(tmp_path_factory):
 def cifar_checkpoint(tmp_path_factory):
     model = convzoo.create_model("resnext29_32x4d")
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    convzoo.save_checkpoint(model, path, class_names=[f"class{i}" for i in range(10)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def bn_checkpoint(tmp_path_factory):
+    """A small CIFAR model whose BatchNorms have non-trivial statistics, so that folding them changes weights."""
+    model = convzoo.create_model("xception_cifar_tiny")
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.uniform_(-0.2, 0.2, generator=g)
+    path = tmp_path_factory.mktemp("bn") / "tiny.safetensors"
     convzoo.save_checkpoint(model, path, class_names=[f"class{i}" for i in range(10)])
     return path
 
@@ -107,6 +124,31 @@ def test_predict_imagenet_table(capsys, photos):
     assert lines[0].endswith("a.jpg") and lines[1].strip().startswith("1.") and lines[2].strip().startswith("2.")
     wnid = lines[1].split()[-2]
     assert wnid in {w for w, _ in imagenet_classes()}
+
+
+def test_predict_onnxruntime_matches_eager(capsys, photos, bn_checkpoint):
+    rows = {}
+    for runtime in ("eager", "onnxruntime"):
+        code, out, err = run(capsys, "predict", "--weights", str(bn_checkpoint), str(photos), "--top", "3", "--json",
+                             "--runtime", runtime)
+        assert code == 0, err
+        rows[runtime] = [json.loads(line) for line in out.splitlines()]
+    assert len(rows["eager"]) == len(rows["onnxruntime"]) == 2
+    for eager, ort in zip(rows["eager"], rows["onnxruntime"]):
+        assert eager["image"] == ort["image"]
+        assert [p["class_id"] for p in eager["predictions"]] == [p["class_id"] for p in ort["predictions"]]
+        for pe, po in zip(eager["predictions"], ort["predictions"]):
+            assert po["probability"] == pytest.approx(pe["probability"], abs=1e-4)
+
+
+def test_unknown_runtime(capsys, photos):
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--model", "resnet50", str(photos / "a.jpg"), "--runtime", "tensorrt"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "invalid choice: 'tensorrt'" in err, err
+    with pytest.raises(ConfigError, match="runtime must be one of eager, onnxruntime"):
+        runtime_model(torch.nn.Identity(), "tensorrt")
 
 
 def _bad_files(d):

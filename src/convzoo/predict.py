@@ -16,6 +16,7 @@ from torch import nn
 
 from .errors import ConfigError, ImageError
 from .preprocess import MODES, choose_preprocessing
+from .runtime import RUNTIMES, runtime_model
 
 Prediction = tuple[str, str, float]
 
@@ -94,20 +95,22 @@ def resolve_model(model_name: str | None, weights: str | None) -> tuple[nn.Modul
 
 
 def predict_files(model: nn.Module, paths: Sequence[Path], *, batch_size: int = 8, mode: str | None = None,
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool = False, runtime: str = "eager") -> torch.Tensor:
     """Class probabilities (N, classes) for the image files at ``paths``, preprocessed as recorded with the
-    model's weights (``model.weights_meta``, else its ``default_cfg``); ``mode`` overrides the preprocessing."""
+    model's weights (``model.weights_meta``, else its ``default_cfg``); ``mode`` overrides the preprocessing.
+    ``runtime`` ('eager' or 'onnxruntime', see :mod:`convzoo.runtime`) runs the model."""
     from tqdm import tqdm
 
     from .preprocess import ImageTransform
 
     transform = ImageTransform.from_model(model, mode)
+    forward = runtime_model(model, runtime)
     out = []
     batches = range(0, len(paths), batch_size)
     with torch.inference_mode():
         for start in tqdm(batches, disable=not progress, unit="batch", file=sys.stderr):
             x = transform(paths[start:start + batch_size])
-            out.append(model(x).softmax(1))
+            out.append(forward(x).softmax(1))
     return torch.cat(out)
 
 
@@ -125,7 +128,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     mode, warning = choose_preprocessing(model, args.preprocessing)
     if warning:
         print(f"convzoo: warning: {warning}", file=sys.stderr)
-    probs = predict_files(model, paths, batch_size=args.batch_size, mode=mode,
+    probs = predict_files(model, paths, batch_size=args.batch_size, mode=mode, runtime=args.runtime,
                           progress=len(paths) > 4 * args.batch_size and sys.stderr.isatty())
     for path, preds in zip(paths, decode_predictions(probs, args.top, class_names)):
         if args.json:
@@ -149,4 +152,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--preprocessing", choices=MODES,
                    help="normalise with this mode instead of the one recorded with the weights (warns)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="eager",
+                   help="run the model in PyTorch (eager) or, BatchNorm folded and exported to ONNX, in ONNX Runtime")
     p.set_defaults(func=cmd_predict)

@@ -1,0 +1,50 @@
+"""Runtimes that run a model for inference: eager PyTorch, or its ONNX export in ONNX Runtime."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+RUNTIMES = ("eager", "onnxruntime")
+
+
+class OnnxRuntimeModel:
+    """``model`` with BatchNorm folded, exported to ONNX and run by ONNX Runtime on the CPU.
+
+    Called like the model: a float32 (N, C, H, W) tensor in, a tensor of logits out. ``model`` is left as it is.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError("the onnxruntime runtime needs onnxruntime: pip install onnxruntime") from None
+        from .export import export_model
+        from .optimize import fuse_batchnorm
+
+        with tempfile.TemporaryDirectory() as d:
+            path = export_model(fuse_batchnorm(copy.deepcopy(model).eval()), Path(d) / "model.onnx", "onnx")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits (N, classes) for the batch ``x``."""
+        (logits,) = self.session.run(None, {self.input_name: x.float().contiguous().numpy()})
+        return torch.from_numpy(logits)
+
+
+def runtime_model(model: nn.Module, runtime: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` as run by ``runtime``: the model itself for 'eager', an :class:`OnnxRuntimeModel` for
+    'onnxruntime'."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    return OnnxRuntimeModel(model) if runtime == "onnxruntime" else model
