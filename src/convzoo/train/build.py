@@ -133,16 +133,17 @@ def kernel_l2(recipe: Recipe, model: nn.Module) -> float:
     return float(getattr(model, "kernel_l2", 0.0)) if recipe.kernel_l2 is None else recipe.kernel_l2
 
 
-def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD or AdamW over every parameter; ``weight_decay`` on kernels only."""
+def make_optimizer(recipe: Recipe, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD or AdamW over every parameter; ``weight_decay`` on kernels only. ``fused``: one kernel per
+    step for all parameters (CUDA)."""
     kernel_ids = {id(p) for p in kernels(model)}
     decay = [p for p in model.parameters() if id(p) in kernel_ids]
     rest = [p for p in model.parameters() if id(p) not in kernel_ids]
     groups = [dict(params=decay, weight_decay=recipe.weight_decay), dict(params=rest, weight_decay=0.0)]
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr)
+        return torch.optim.AdamW(groups, lr=recipe.lr, fused=fused or None)
     nesterov = recipe.nesterov and recipe.momentum > 0
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=nesterov)
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=nesterov, fused=fused or None)
 
 
 def set_frozen(model: nn.Module, frozen: bool) -> None:

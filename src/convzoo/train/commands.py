@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import ConfigError
 
 DEFAULT_RECIPE = "fast"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # Flags that change what a run is; a resumed run keeps what it was started with.
 _RUN_DEFINING = ("recipe", "data", "val_data", "batch_size", "lr", "seed", "weights", "freeze_epochs", "settings",
                  "out", "overwrite")
@@ -37,9 +38,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run folder given by --out")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (only --epochs may change)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA or CPU)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="channels-last memory format (default: on)")
+    p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
+                   help=f"torch.compile the model; MODE: {', '.join(COMPILE_MODES)} (default: default; "
+                        f"reduce-overhead captures CUDA graphs)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction,
+                   help="bfloat16 autocast (default: on with a CUDA device that supports it, off on the CPU)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
     p.set_defaults(func=cmd_train)
 

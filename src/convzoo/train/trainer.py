@@ -28,9 +28,11 @@ from torch import nn
 from .. import __version__
 from ..data import ArrayDataset, BatchLoader, check_batch_size
 from ..errors import CheckpointError, ConfigError, ConvzooError
+from ..optimize import tune_cpu_allocator
 from ..registry import get_model_cfg
 from .build import (build_model, input_size, kernel_l2, kernels, load_start_weights, make_optimizer, normalization,
                     rebuild_args, set_frozen, train_mode)
+from .commands import COMPILE_MODES
 from .checkpoint import CONFIG_FILE, find_checkpoint, load_model_weights, read_state, write_checkpoint, write_json
 from .data import DataSpec, absolute_source, load_run_data, resample_for, to_bgr
 from .distributed import DistEnv, all_sum, barrier, broadcast, init_distributed, shard, shutdown, sync_batchnorm
@@ -38,6 +40,10 @@ from .metrics import Tally, autocast, evaluate, write_history
 from .plots import plot_curves
 from .recipes import Recipe, from_dict, learning_rate
 
+
+# Steps between reads of the loss on the host: every step costs nothing on the CPU, but on a GPU each read
+# waits for the queue of kernels to drain.
+SYNC_EVERY = {"cpu": 1, "cuda": 50}
 
 # TensorBoard tag -> metrics.csv column; the step is the epoch number.
 TENSORBOARD_TAGS = {"loss/train": "train_loss", "loss/val": "val_loss", "accuracy/train": "train_acc",
@@ -54,8 +60,11 @@ class TrainOptions:
     """A training run: the recipe, the data, the run folder and the machine settings.
 
     ``resume`` names a run folder to continue (``recipe`` must then come from :func:`resume_recipe`);
-    ``weights`` starts a new run from a weight file. ``progress``: draw progress bars (default: when
-    stderr is a terminal).
+    ``weights`` starts a new run from a weight file. ``channels_last`` and ``bf16`` left at None mean
+    "where it pays": channels-last always, bf16 autocast on a CUDA device that supports it (a resumed run
+    keeps what it was started with). ``compile`` is a :func:`torch.compile` mode ('default',
+    'reduce-overhead' captures CUDA graphs, 'max-autotune') or None. ``progress``: draw progress bars
+    (default: when stderr is a terminal).
     """
 
     recipe: Recipe
@@ -66,9 +75,9 @@ class TrainOptions:
     resume: str | Path | None = None
     weights: str | Path | None = None
     device: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    bf16: bool = False
+    channels_last: bool | None = None
+    compile: str | None = None
+    bf16: bool | None = None
     deterministic: bool = False
     progress: bool | None = None
 
@@ -139,14 +148,20 @@ def _train(opts: TrainOptions, recipe: Recipe, env: DistEnv, use_cuda: bool) -> 
                                   f"start it again with --out {run_dir} --overwrite")
         spec = DataSpec.from_dict(config["data"])
         # A resumed run keeps the numerics it was started with.
-        opts = replace(opts, bf16=opts.bf16 or config["bf16"],
-                       channels_last=opts.channels_last or config["channels_last"],
+        opts = replace(opts, bf16=config["bf16"] if opts.bf16 is None else opts.bf16,
+                       channels_last=config["channels_last"] if opts.channels_last is None else opts.channels_last,
                        deterministic=opts.deterministic or config["deterministic"])
     else:
         run_dir = _new_run_dir(opts, recipe, env)
         spec = DataSpec(absolute_source(opts.data), absolute_source(opts.val_data), recipe.val_fraction,
                         recipe.split_seed, input_size(recipe, cfg), resample_for(cfg.interpolation))
 
+    opts = replace(opts, channels_last=True if opts.channels_last is None else opts.channels_last,
+                   bf16=(use_cuda and torch.cuda.is_bf16_supported()) if opts.bf16 is None else opts.bf16)
+    if opts.compile is not None and opts.compile not in COMPILE_MODES:
+        raise ConfigError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {opts.compile!r}")
+    if not use_cuda:
+        tune_cpu_allocator()
     _set_determinism(opts.deterministic, use_cuda)
     train_ds, val_ds = load_run_data(spec)
     check_batch_size(train_ds, recipe.batch_size)
@@ -166,7 +181,7 @@ def _train(opts: TrainOptions, recipe: Recipe, env: DistEnv, use_cuda: bool) -> 
     model.to(device, memory_format=torch.channels_last if opts.channels_last else torch.preserve_format)
     if env.enabled and recipe.sync_bn:
         sync_batchnorm(model, use_cuda)
-    optimizer = make_optimizer(recipe, model)
+    optimizer = make_optimizer(recipe, model, fused=use_cuda)
     l2 = kernel_l2(recipe, model)
 
     start_epoch, history, best, wall_time = 0, [], {"epoch": 0, "val_acc": -1.0}, 0.0
@@ -267,14 +282,21 @@ def _record_epoch(run_dir: Path, model: nn.Module, classes: list[str], extra: di
 def _train_epoch(net: nn.Module, model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
                  recipe: Recipe, epoch: int, l2: float, frozen: bool, env: DistEnv, device: torch.device,
                  bf16: bool, show_progress: bool, run_dir: Path) -> tuple[float, float, float, float]:
-    """One pass over the training set; returns mean loss, accuracy, last learning rate and images/s."""
+    """One pass over the training set; returns mean loss, accuracy, last learning rate and images/s.
+
+    The sums of loss, hits and images stay on the device and are read (and checked for NaN) every
+    ``SYNC_EVERY`` steps and at the end, so a GPU never waits for the host inside that interval.
+    """
     from tqdm import tqdm
 
     train_mode(model, frozen)
     loader.set_epoch(epoch)
     steps = len(loader)
+    sync_every = SYNC_EVERY.get(device.type, 1)
     penalised = [w for w in kernels(model) if w.requires_grad] if l2 > 0 else []
-    loss_sum = correct = seen = 0.0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    loss_sum = correct = 0.0
+    seen = 0
     lr = learning_rate(recipe, epoch)
     started = time.perf_counter()
     with tqdm(total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="batch", leave=False,
@@ -290,25 +312,34 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader: BatchLoader, optimize
             total, ce, hits = classification_loss(output, y, recipe)
             # Scaled so that DDP's average over ranks is the mean over the global batch.
             loss = total * (env.world_size / global_batch)
-            if penalised:
-                loss = loss + l2 * sum(w.pow(2).sum() for w in penalised)
-            stats = all_sum(torch.stack([ce.detach(), hits.float(), torch.tensor(float(y.shape[0]), device=device),
-                                         loss.detach()]).double(), env).tolist()
-            if not (math.isfinite(stats[0]) and math.isfinite(stats[3])):
-                raise DivergedError(_diverged_message(stats, epoch, step, lr, run_dir))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if penalised:
+                _add_l2_gradient(penalised, l2)
             optimizer.step()
-            loss_sum, correct, seen = loss_sum + stats[0], correct + stats[1], seen + stats[2]
+            sums += torch.stack([ce.detach().double(), hits.double(), loss.detach().double()])
+            seen += global_batch
+            if (step + 1) % sync_every and step + 1 < steps:
+                continue
+            loss_sum, correct, objective_sum = all_sum(sums.clone(), env).tolist()
+            if not (math.isfinite(loss_sum) and math.isfinite(objective_sum)):
+                raise DivergedError(_diverged_message(loss_sum + objective_sum, epoch, step, lr, run_dir))
             elapsed = time.perf_counter() - started
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
                             img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
-            bar.update()
+            bar.update(step + 1 - bar.n)
     return loss_sum / seen, correct / seen, lr, seen / max(time.perf_counter() - started, 1e-9)
 
 
-def _diverged_message(stats: list[float], epoch: int, step: int, lr: float, run_dir: Path) -> str:
-    what = "nan" if math.isnan(stats[0]) or math.isnan(stats[3]) else "infinite"
+@torch.no_grad()
+def _add_l2_gradient(weights: list[torch.Tensor], l2: float) -> None:
+    """Add the gradient of Keras' kernel penalty ``l2 * sum(w ** 2)`` (2 * l2 * w) in one fused operation."""
+    with_grad = [w for w in weights if w.grad is not None]
+    torch._foreach_add_([w.grad for w in with_grad], with_grad, alpha=2 * l2)
+
+
+def _diverged_message(loss: float, epoch: int, step: int, lr: float, run_dir: Path) -> str:
+    what = "nan" if math.isnan(loss) else "infinite"
     kept = find_checkpoint(run_dir / "last")
     tail = (f"the last good checkpoint is {kept} (epoch {read_state(kept)['epoch']})" if kept
             else "no checkpoint was written")
@@ -326,15 +357,16 @@ def _all_sum_tally(tally: Tally, env: DistEnv, device: torch.device) -> Tally:
     return tally
 
 
-def _wrap(model: nn.Module, env: DistEnv, device: torch.device, compile_: bool) -> nn.Module:
-    """The module that trains: ``model`` itself, in DistributedDataParallel, compiled, or both."""
+def _wrap(model: nn.Module, env: DistEnv, device: torch.device, compile_: str | None) -> nn.Module:
+    """The module that trains: ``model`` itself, in DistributedDataParallel, compiled (in mode ``compile_``),
+    or both."""
     net = model
     if env.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if compile_:
-        net = torch.compile(net)
+    if compile_ is not None:
+        net = torch.compile(net, mode=compile_)
     return net
 
 
