@@ -1,7 +1,9 @@
-"""Benchmark convzoo against timm and Keras: the same as `convzoo bench`, runnable as a script.
+"""Benchmark convzoo against plain PyTorch, timm and Keras: the same as `convzoo bench`, runnable as a script.
 
-Example (the table in docs/PERFORMANCE.md):
+Examples:
     KERAS_BACKEND=torch python benchmarks/bench.py xception inception_v3 resnext50_32x4d --batch-size 8
+    python benchmarks/bench.py xception_cifar_tiny --batch-size 64 --mode train --runtime eager,channels_last --against plain
+    python benchmarks/bench.py xception --device cuda --runtime eager,bf16,compile --against plain,timm
 """
 
 import sys

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 import convzoo
@@ -11,9 +12,13 @@ from convzoo.optimize import fuse_batchnorm, optimize_for_inference
 
 
 def test_run_bench_rows_and_ratios():
-    peak, rows = run_bench(["resnext50_32x4d"], batch_size=2, input_size=(32, 32), modes=("infer", "train"),
-                           runtimes=("eager", "optimized"), against=("timm",), warmup=0, repeats=1, log=lambda s: None)
-    assert peak > 0
+    logs = []
+    result = run_bench(["resnext50_32x4d"], batch_size=2, input_size=(32, 32), modes=("infer", "train"),
+                       runtimes=("eager", "optimized"), against=("timm",), device="cpu", warmup=0, repeats=1,
+                       log=logs.append)
+    assert result.matmul.gflops > 0 and result.matmul.label == "fp32 matmul 2048^3"
+    assert result.device == f"cpu ({torch.get_num_threads()} threads)"
+    rows = result.rows
     impls = [(r.mode, r.impl) for r in rows]
     assert impls == [("infer", "convzoo eager"), ("infer", "convzoo optimized"), ("infer", "timm NCHW"),
                      ("infer", "timm channels_last"), ("train", "convzoo eager"), ("train", "timm NCHW"),
@@ -21,9 +26,26 @@ def test_run_bench_rows_and_ratios():
     for r in rows:
         assert r.img_per_s > 0 and r.gmac_per_img > 0
         assert (r.ratio is not None) == r.impl.startswith("convzoo")
+    events = [line.split(": ")[0].strip() for line in logs[1:]]
+    assert events == ["resnext50_32x4d infer timm NCHW", "resnext50_32x4d infer timm channels_last",
+                      "resnext50_32x4d train timm NCHW", "resnext50_32x4d train timm channels_last",
+                      "convzoo rows in the trainer's process state",
+                      "resnext50_32x4d infer convzoo eager", "resnext50_32x4d infer convzoo optimized",
+                      "resnext50_32x4d train convzoo eager"]
     table = markdown_table(rows).splitlines()
     assert len(table) == 2 + len(rows)
     assert all(line.count("|") == table[0].count("|") for line in table)
+
+
+def test_run_bench_against_plain():
+    rows = run_bench(["xception_cifar_tiny"], batch_size=2, input_size=(32, 32), modes=("train",),
+                     runtimes=("eager", "channels_last"), against=("plain",), device="cpu", warmup=0, repeats=1,
+                     log=lambda s: None).rows
+    assert [r.impl for r in rows] == ["convzoo eager", "convzoo channels_last", "plain PyTorch NCHW"]
+    plain = rows[-1]
+    assert plain.ratio is None and plain.img_per_s > 0
+    for r in rows[:2]:
+        assert r.ratio == pytest.approx(r.img_per_s / plain.img_per_s)
 
 
 def test_bench_cli_json(tmp_path, capsys):
@@ -32,6 +54,8 @@ def test_bench_cli_json(tmp_path, capsys):
                  "--warmup", "0", "--against", "keras", "--json", str(out)])
     assert code == 0
     data = json.loads(out.read_text())
+    assert data["device"] == f"cpu ({torch.get_num_threads()} threads)" and data["torch"] == torch.__version__
+    assert data["matmul_dtype"] == "fp32" and data["matmul_n"] == 2048 and data["matmul_gflops"] > 0
     assert [r["impl"] for r in data["rows"]] == ["convzoo eager", "convzoo optimized", "keras (torch backend)"]
     assert "| resnet50v2 | keras (torch backend) | infer | 1 |" in capsys.readouterr().out
 
@@ -39,6 +63,28 @@ def test_bench_cli_json(tmp_path, capsys):
 def test_bench_rejects_unknown_runtime(capsys):
     assert main(["bench", "resnet50", "--runtime", "turbo"]) == 2
     assert "runtime must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no CUDA device is present")
+def test_bench_cuda_without_gpu_is_one_line_error(capsys):
+    assert main(["bench", "xception_cifar_tiny", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err == "convzoo: error: --device cuda: no CUDA device is available\n"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_run_bench_on_cuda():
+    result = run_bench(["xception_cifar_tiny"], batch_size=8, input_size=(32, 32), modes=("infer", "train"),
+                       runtimes=("eager", "bf16"), against=("plain",), device="cuda", warmup=1, repeats=2,
+                       log=lambda s: None)
+    assert result.device == torch.cuda.get_device_name() and result.matmul.dtype == "bf16"
+    assert [(r.mode, r.impl) for r in result.rows] == [
+        ("infer", "convzoo eager"), ("infer", "convzoo bf16"), ("infer", "plain PyTorch NCHW"),
+        ("train", "convzoo eager"), ("train", "convzoo bf16"), ("train", "plain PyTorch NCHW")]
+    for r in result.rows:
+        assert r.batch == 8 and r.img_per_s > 0 and 0 < r.min_ms <= r.median_ms <= r.max_ms
+        assert (r.ratio is not None) == r.impl.startswith("convzoo")
 
 
 def test_fused_model_equals_unfused():

@@ -7,10 +7,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from convzoo import create_model
 from convzoo.cli import main
+from convzoo.train.evaluate import evaluate_target
 from convzoo.train.recipes import CIFAR_MEAN, CIFAR_STD
 
 from test_train import train_args, write_cifar
@@ -78,6 +81,56 @@ def test_eval_a_checkpoint_outside_any_run(cifar, tmp_path, capsys):
     assert (tmp_path / "m.confusion.png").is_file()
     assert main(["eval", str(path)]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_eval_on_cpu_matches_the_trainers_validation(runs):
+    run = runs[0]
+    tally = evaluate_target(run, device="cpu").tally
+    best = max(rows(run), key=lambda r: float(r["val_acc"]))
+    assert tally.loss == pytest.approx(float(best["val_loss"]), abs=1e-5)
+
+
+def test_eval_device_cuda_without_cuda(runs, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    capsys.readouterr()
+    assert main(["eval", str(runs[1]), "--device", "cuda"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == "convzoo: error: --device cuda: no CUDA device is available"
+
+
+def clear_cut_copy(cifar: Path, dest: Path, model: torch.nn.Module, margin: float = 0.1) -> Path:
+    """A copy of the CIFAR folder whose test split keeps the images on which ``model``'s top logit leads the
+    next by at least ``margin`` in float32, so that bfloat16 rounding cannot change their class."""
+    shutil.copytree(cifar, dest)
+    records = np.fromfile(dest / "test_batch.bin", np.uint8).reshape(-1, 1 + 3 * 32 * 32)
+    x = torch.from_numpy(records[:, 1:]).view(-1, 3, 32, 32).float()
+    x = (x - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        top2 = model.eval()(x).topk(2, 1).values
+    (dest / "test_batch.bin").write_bytes(records[(top2[:, 0] - top2[:, 1] >= margin).numpy()].tobytes())
+    return dest
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_eval_on_cuda_matches_cpu(cifar, tmp_path, capsys):
+    from convzoo.weights import save_checkpoint
+
+    model = create_model("xception_cifar_tiny")
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.uniform_(-0.2, 0.2, generator=g)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    path = save_checkpoint(model, tmp_path / "m.safetensors", classes, extra={"mean": CIFAR_MEAN, "std": CIFAR_STD})
+    data = clear_cut_copy(cifar, tmp_path / "clear", model)
+    cpu = eval_json(capsys, str(path), "--data", str(data), "--device", "cpu")
+    cuda = eval_json(capsys, str(path), "--data", str(data), "--device", "cuda")
+    assert cuda["n"] == cpu["n"] >= 10
+    assert cuda["top1"] == cpu["top1"] and cuda["per_class"] == cpu["per_class"]
 
 
 def test_eval_errors_are_one_line(runs, tmp_path, capsys):

@@ -12,7 +12,8 @@ from PIL import Image
 import convzoo
 from convzoo.cli import main
 from convzoo.errors import ConfigError
-from convzoo.predict import decode_predictions, imagenet_classes
+from convzoo.predict import decode_predictions, imagenet_classes, predict_files, runtime_device
+from convzoo.runtime import resolve_device
 from convzoo.preprocess import ImageTransform, preprocess_input
 from convzoo.runtime import runtime_model
 
@@ -149,6 +150,56 @@ def test_unknown_runtime(capsys, photos):
     assert len(err.splitlines()) == 1 and "invalid choice: 'tensorrt'" in err, err
     with pytest.raises(ConfigError, match="runtime must be one of eager, onnxruntime"):
         runtime_model(torch.nn.Identity(), "tensorrt")
+
+
+def test_predict_files_folds_batchnorm_and_keeps_the_outputs(photos, bn_checkpoint):
+    model = convzoo.load_checkpoint(bn_checkpoint).eval()
+    paths = [photos / "a.jpg", photos / "b.png"]
+    probs = predict_files(model, paths, device="cpu")
+    with torch.no_grad():
+        expected = model(ImageTransform.from_model(model)(paths)).softmax(1)
+    assert probs.dtype == torch.float32 and probs.device.type == "cpu"
+    assert (probs - expected).abs().max() < 1e-5
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_resolve_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda")
+    assert runtime_device("auto", "onnxruntime") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="device must be one of auto, cpu, cuda"):
+        resolve_device("tpu")
+
+
+def test_predict_device_cuda_without_cuda(capsys, monkeypatch, photos, bn_checkpoint):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run(capsys, "predict", "--weights", str(bn_checkpoint), str(photos), "--device", "cuda")
+    assert_one_line_error(code, err, "--device cuda: no CUDA device is available")
+    assert out == ""
+
+
+def test_predict_onnxruntime_refuses_device_cuda(capsys, photos, bn_checkpoint):
+    code, _, err = run(capsys, "predict", "--weights", str(bn_checkpoint), str(photos), "--runtime", "onnxruntime",
+                       "--device", "cuda")
+    assert_one_line_error(code, err, "--runtime onnxruntime runs on the CPU here")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_predict_on_cuda_matches_cpu(capsys, photos, bn_checkpoint):
+    """bf16 on CUDA keeps the CPU's top-1 class (this model's top logit leads by over 0.1 on both photos)."""
+    rows = {}
+    for device in ("cpu", "cuda"):
+        code, out, err = run(capsys, "predict", "--weights", str(bn_checkpoint), str(photos), "--top", "3", "--json",
+                             "--device", device)
+        assert code == 0, err
+        rows[device] = [json.loads(line) for line in out.splitlines()]
+    assert len(rows["cpu"]) == len(rows["cuda"]) == 2
+    for cpu, cuda in zip(rows["cpu"], rows["cuda"]):
+        assert cuda["predictions"][0]["class_id"] == cpu["predictions"][0]["class_id"]
+        assert cuda["predictions"][0]["probability"] == pytest.approx(cpu["predictions"][0]["probability"], abs=1e-2)
 
 
 def _bad_files(d):

@@ -1,9 +1,23 @@
-"""``convzoo bench``: images per second of convzoo beside timm and Keras, in the same process and run.
+"""``convzoo bench``: images per second of convzoo beside its references, in the same process and run.
 
-Each configuration runs ``warmup`` steps, then ``repeats`` timed steps; the table gives the median step
-time and its spread (min-max), images per second, multiply-accumulates per image, achieved GFLOP/s
-(2 FLOP per MAC; a training step counts 3x the forward pass) and that as a fraction of a dense fp32
-matrix multiply measured on the same device in the same run.
+The references are ``plain`` (the same convzoo network run the plain way: NCHW, eager, fp32), timm and
+Keras 3 (torch backend). Every reference row, for every model and mode, is measured first, in the
+process's default state; then the convzoo rows are measured in the state the trainer sets up: on the CPU
+glibc's allocator tuned to keep freed memory (:func:`convzoo.optimize.tune_cpu_allocator`), on CUDA
+cuDNN's autotuner on. The table still lists each (model, mode) together, convzoo rows first.
+
+Each configuration runs ``warmup`` steps, then ``repeats`` timed steps (on CUDA synchronised before and
+after each step); the table gives the median step time and its spread (min-max), images per second,
+multiply-accumulates per image, achieved GFLOP/s (2 FLOP per MAC; a training step counts 3x the forward
+pass) and that as a fraction of a dense matrix multiply measured on the same device in the same run
+(fp32 2048^3 on the CPU, bf16 8192^3 on CUDA).
+
+convzoo runtimes: ``eager`` (NCHW, fp32), ``channels_last`` (model and input), ``bf16`` (channels-last
+and bfloat16 autocast; fp32 weights), ``optimized`` (inference: BatchNorm folded, channels-last; bf16 on
+CUDA), ``compile`` (:func:`torch.compile` of the channels-last model, BatchNorm folded for inference;
+on CUDA with bf16 and CUDA graphs, mode 'reduce-overhead') and ``onnxruntime`` (inference, CPU only).
+A training step is SGD with momentum, fused on CUDA as in the trainer; the fp32 references (plain,
+timm NCHW) use PyTorch's default SGD, the bf16 timm references the fused one.
 """
 
 from __future__ import annotations
@@ -13,19 +27,42 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
+from .runtime import DEVICES, resolve_device
 
 TIMM_NAMES = {"xception": "legacy_xception", "xception_timm": "legacy_xception", "inception_v3": "inception_v3",
               "inception_v3_keras": "inception_v3", "resnext50_32x4d": "resnext50_32x4d",
               "resnext101_32x4d": "resnext101_32x4d", "resnext101_32x8d": "resnext101_32x8d"}
 KERAS_NAMES = {"xception": "Xception", "inception_v3_keras": "InceptionV3", "inception_v3": "InceptionV3",
                "resnet50": "ResNet50", "resnet50v2": "ResNet50V2"}
-RUNTIMES = ("eager", "channels_last", "optimized", "compile", "onnxruntime")
+RUNTIMES = ("eager", "channels_last", "bf16", "optimized", "compile", "onnxruntime")
+INFERENCE_ONLY = ("optimized", "onnxruntime")
+REFERENCES = ("plain", "timm", "keras")
+COMPILE_MODE = {"cpu": "default", "cuda": "reduce-overhead"}
+
+Step = Callable[[], object]
+
+
+class TimmVariant(NamedTuple):
+    """One way of running a timm reference."""
+
+    impl: str
+    channels_last: bool
+    bf16: bool
+    compiled: bool
+
+
+TIMM_VARIANTS = {
+    "cpu": (TimmVariant("timm NCHW", False, False, False), TimmVariant("timm channels_last", True, False, False)),
+    "cuda": (TimmVariant("timm NCHW", False, False, False),
+             TimmVariant("timm bf16 channels_last", True, True, False),
+             TimmVariant("timm bf16 channels_last compiled", True, True, True)),
+}
 
 
 @dataclass
@@ -46,98 +83,156 @@ class Row:
     ratio: float | None = None
 
 
-def _time(step: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+@dataclass(frozen=True)
+class Matmul:
+    """The measured rate of a dense n x n x n matrix multiply."""
+
+    gflops: float
+    dtype: str
+    n: int
+
+    @property
+    def label(self) -> str:
+        """E.g. 'fp32 matmul 2048^3'."""
+        return f"{self.dtype} matmul {self.n}^3"
+
+
+@dataclass
+class BenchResult:
+    """What :func:`run_bench` measured, and where."""
+
+    device: str
+    matmul: Matmul
+    rows: list[Row]
+
+
+@dataclass(frozen=True)
+class _Job:
+    model: str
+    mode: str
+    impl: str
+    reference: bool
+    batch: int
+    macs: int
+    make: Callable[[], Step]
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or 'cpu (N threads)'."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def _time(step: Step, warmup: int, repeats: int, sync: Callable[[], None]) -> list[float]:
     for _ in range(warmup):
         step()
+        sync()
     times = []
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t)
     return times
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 GFLOP/s of an n x n x n matrix multiply (median of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    times = _time(lambda: a @ b, 2, repeats)
-    return 2 * n**3 / statistics.median(times) / 1e9
+def matmul_gflops(device: torch.device, repeats: int = 5) -> Matmul:
+    """Measured GFLOP/s of a dense matrix multiply (median of ``repeats``): fp32 2048^3 on the CPU,
+    bf16 8192^3 on CUDA."""
+    n, dtype, name = (8192, torch.bfloat16, "bf16") if device.type == "cuda" else (2048, torch.float32, "fp32")
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    times = _time(lambda: a @ b, 2, repeats, _synchronizer(device))
+    return Matmul(2 * n**3 / statistics.median(times) / 1e9, name, n)
 
 
-def _infer_step(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    torch.compiler.reset()
+    return torch.compile(model, mode=COMPILE_MODE[device.type])
+
+
+def _infer_step(model: Callable[[torch.Tensor], object], x: torch.Tensor, bf16: bool = False) -> Step:
     def step():
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(x.device, bf16):
             return model(x)
     return step
 
 
-def _train_step(model: nn.Module, x: torch.Tensor, n_classes: int) -> Callable[[], object]:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    y = torch.randint(0, n_classes, (x.shape[0],))
-    model.train()
+def _train_step(model: nn.Module, x: torch.Tensor, n_classes: int, bf16: bool = False,
+                fused: bool = False) -> Step:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=fused or None)
+    y = torch.randint(0, n_classes, (x.shape[0],), device=x.device)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+        with _autocast(x.device, bf16):
+            out = model(x)
+            loss = nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
         loss.backward()
         opt.step()
     return step
 
 
-def _convzoo_steps(name: str, runtime: str, mode: str, x: torch.Tensor) -> Callable[[], object]:
-    from .optimize import optimize_for_inference
+def _channels_last(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+
+
+def _convzoo_model(name: str, x: torch.Tensor) -> nn.Module:
     from .registry import create_model
 
-    model = create_model(name, input_size=tuple(x.shape[-2:]))
-    n_classes = model.num_classes
-    cl = runtime in ("channels_last", "optimized", "compile")
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-    if mode == "train":
-        if runtime in ("optimized", "onnxruntime"):
-            raise ConfigError(f"runtime {runtime!r} is for inference only")
-        model = model.to(memory_format=torch.channels_last) if cl else model
-        return _train_step(torch.compile(model) if runtime == "compile" else model, x, n_classes)
-    model.eval()
+    return create_model(name, input_size=tuple(x.shape[-2:])).to(x.device)
+
+
+def _plain_step(name: str, mode: str, x: torch.Tensor) -> Step:
+    model = _convzoo_model(name, x)
+    return _train_step(model.train(), x, model.num_classes) if mode == "train" else _infer_step(model.eval(), x)
+
+
+def _convzoo_step(name: str, runtime: str, mode: str, x: torch.Tensor) -> Step:
+    from .optimize import optimize_for_inference
+    from .runtime import OnnxRuntimeModel
+
+    model = _convzoo_model(name, x)
+    cuda = x.device.type == "cuda"
+    bf16 = runtime == "bf16" or (cuda and runtime in ("optimized", "compile"))
     if runtime == "onnxruntime":
-        return _onnxruntime_step(model, x)
+        return _infer_step(OnnxRuntimeModel(model), x)
+    if mode == "train":
+        if runtime != "eager":
+            model, x = _channels_last(model, x)
+        net = _compiled(model.train(), x.device) if runtime == "compile" else model.train()
+        return _train_step(net, x, model.num_classes, bf16, fused=cuda)
     if runtime in ("optimized", "compile"):
-        model = optimize_for_inference(model)
-    elif cl:
-        model = model.to(memory_format=torch.channels_last)
-    return _infer_step(torch.compile(model) if runtime == "compile" else model, x)
+        model, x = optimize_for_inference(model), x.contiguous(memory_format=torch.channels_last)
+    elif runtime != "eager":
+        model, x = _channels_last(model, x)
+    return _infer_step(_compiled(model.eval(), x.device) if runtime == "compile" else model.eval(), x, bf16)
 
 
-def _onnxruntime_step(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    import tempfile
-
-    import onnxruntime as ort
-
-    from .export import export_model
-    from .optimize import fuse_batchnorm
-
-    with tempfile.TemporaryDirectory() as d:
-        path = export_model(fuse_batchnorm(model), f"{d}/m.onnx", "onnx")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.contiguous().numpy()}
-    return lambda: session.run(None, feed)
-
-
-def _timm_steps(name: str, channels_last: bool, mode: str, x: torch.Tensor) -> Callable[[], object]:
+def _timm_step(name: str, variant: TimmVariant, mode: str, x: torch.Tensor) -> Step:
     import timm
 
-    model = timm.create_model(TIMM_NAMES[name], pretrained=False)
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    model = timm.create_model(TIMM_NAMES[name], pretrained=False).to(x.device)
+    if variant.channels_last:
+        model, x = _channels_last(model, x)
+    model.train(mode == "train")
+    net = _compiled(model, x.device) if variant.compiled else model
     if mode == "train":
-        return _train_step(model, x, model.num_classes)
-    return _infer_step(model.eval(), x)
+        fused = x.device.type == "cuda" and variant.bf16
+        return _train_step(net, x, model.num_classes, variant.bf16, fused)
+    return _infer_step(net, x, variant.bf16)
 
 
-def _keras_step(name: str, x: torch.Tensor) -> Callable[[], object]:
+def _keras_step(name: str, x: torch.Tensor) -> Step:
     import os
 
     os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -145,64 +240,112 @@ def _keras_step(name: str, x: torch.Tensor) -> Callable[[], object]:
 
     if keras.backend.backend() != "torch":
         raise ConfigError(f"the Keras reference needs KERAS_BACKEND=torch, found {keras.backend.backend()}")
-    model = getattr(keras.applications, KERAS_NAMES[name])(weights=None, input_shape=tuple(x.shape[2:]) + (3,))
+    with keras.device("cpu"):
+        model = getattr(keras.applications, KERAS_NAMES[name])(weights=None, input_shape=tuple(x.shape[2:]) + (3,))
     nhwc = x.permute(0, 2, 3, 1).contiguous()
 
     def step():
-        with torch.no_grad():
+        with torch.no_grad(), keras.device("cpu"):
             return model(nhwc, training=False)
     return step
 
 
+def _check_choices(runtimes: tuple[str, ...], against: tuple[str, ...], device: torch.device) -> None:
+    for r in runtimes:
+        if r not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {r!r}")
+    for a in against:
+        if a not in REFERENCES:
+            raise ConfigError(f"--against takes {', '.join(REFERENCES)}, got {a!r}")
+    if device.type == "cuda" and "onnxruntime" in runtimes:
+        raise ConfigError("runtime 'onnxruntime' runs on the CPU only (--device cpu), got device cuda")
+
+
+def _jobs(name: str, mode: str, x: torch.Tensor, macs: int, runtimes: tuple[str, ...],
+          against: tuple[str, ...]) -> list[_Job]:
+    """The configurations of one (model, mode) in table order: convzoo runtimes, then the references."""
+    batch = x.shape[0]
+
+    def job(impl: str, make: Callable[[], Step], reference: bool = True) -> _Job:
+        return _Job(name, mode, impl, reference, batch, macs, make)
+
+    jobs = [job(f"convzoo {r}", lambda r=r: _convzoo_step(name, r, mode, x), reference=False)
+            for r in runtimes if not (mode == "train" and r in INFERENCE_ONLY)]
+    if "plain" in against:
+        jobs.append(job("plain PyTorch NCHW", lambda: _plain_step(name, mode, x)))
+    if "timm" in against and name in TIMM_NAMES:
+        jobs += [job(v.impl, lambda v=v: _timm_step(name, v, mode, x)) for v in TIMM_VARIANTS[x.device.type]]
+    if "keras" in against and name in KERAS_NAMES and mode == "infer":
+        jobs.append(job("keras (torch backend)", lambda: _keras_step(name, x)))
+    return jobs
+
+
+def _measure(job: _Job, warmup: int, repeats: int, matmul: Matmul, device: torch.device) -> Row:
+    times = _time(job.make(), warmup, repeats, _synchronizer(device))
+    med = statistics.median(times)
+    flops = 2 * job.macs * job.batch * (3 if job.mode == "train" else 1) / med / 1e9
+    return Row(job.model, job.impl, job.mode, job.batch, med * 1e3, min(times) * 1e3, max(times) * 1e3,
+               job.batch / med, job.macs / 1e9, flops, flops / matmul.gflops)
+
+
+def _trainer_process_state(device: torch.device) -> str:
+    """Set the process up as the trainer does (permanently); returns what was done, for the log."""
+    from .optimize import tune_cpu_allocator
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        return "cuDNN autotuner on"
+    return "glibc allocator tuned" if tune_cpu_allocator() else "allocator left as is (not glibc)"
+
+
+def _set_ratios(rows: list[Row]) -> None:
+    best: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if not r.impl.startswith("convzoo"):
+            best[r.model, r.mode] = max(best.get((r.model, r.mode), 0.0), r.img_per_s)
+    for r in rows:
+        if r.impl.startswith("convzoo") and (r.model, r.mode) in best:
+            r.ratio = r.img_per_s / best[r.model, r.mode]
+
+
 def run_bench(models: list[str], *, batch_size: int = 8, input_size: tuple[int, int] | None = None,
               modes: tuple[str, ...] = ("infer",), runtimes: tuple[str, ...] = ("eager", "optimized"),
-              against: tuple[str, ...] = ("timm", "keras"), warmup: int = 2, repeats: int = 5,
-              log: Callable[[str], None] = print) -> tuple[float, list[Row]]:
-    """Measure every (model, implementation, mode); returns the matmul GFLOP/s and the rows.
+              against: tuple[str, ...] = ("timm", "keras"), device: str = "auto", warmup: int = 2,
+              repeats: int = 5, log: Callable[[str], None] = print) -> BenchResult:
+    """Measure every (model, implementation, mode): all reference rows first, then (in the trainer's
+    process state) all convzoo rows. Rows come back grouped per (model, mode), convzoo rows first.
 
     ``ratio`` on a convzoo row is its images/s over the fastest reference row of the same model and mode.
     """
     from .registry import create_model, get_model_cfg
     from .summary import count_macs
 
-    for r in runtimes:
-        if r not in RUNTIMES:
-            raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {r!r}")
-    for a in against:
-        if a not in ("timm", "keras"):
-            raise ConfigError(f"--against takes timm and/or keras, got {a!r}")
-    peak = matmul_gflops()
-    log(f"fp32 matmul 2048^3: {peak:.1f} GFLOP/s on {torch.get_num_threads()} threads")
-    rows: list[Row] = []
-    for name in models:
-        cfg = get_model_cfg(name)
-        size = tuple(input_size or cfg.input_size[1:])
-        macs = count_macs(create_model(name, input_size=size), (3, *size))
-        x = torch.randn(batch_size, 3, *size)
+    dev = resolve_device(device)
+    _check_choices(runtimes, against, dev)
+    if dev.type == "cuda" and "keras" in against:
+        log("keras reference skipped: it runs on the CPU only")
+        against = tuple(a for a in against if a != "keras")
+    matmul = matmul_gflops(dev)
+    name = device_name(dev)
+    log(f"{matmul.label}: {matmul.gflops:.1f} GFLOP/s on {name}")
+    jobs: list[_Job] = []
+    for model in models:
+        size = tuple(input_size or get_model_cfg(model).input_size[1:])
+        macs = count_macs(create_model(model, input_size=size), (3, *size))
+        x = torch.randn(batch_size, 3, *size, device=dev)
         for mode in modes:
-            configs: list[tuple[str, Callable[[], Callable[[], object]]]] = [
-                (f"convzoo {r}", lambda r=r: _convzoo_steps(name, r, mode, x)) for r in runtimes
-                if not (mode == "train" and r in ("optimized", "onnxruntime"))]
-            if "timm" in against and name in TIMM_NAMES:
-                configs += [("timm NCHW", lambda: _timm_steps(name, False, mode, x)),
-                            ("timm channels_last", lambda: _timm_steps(name, True, mode, x))]
-            if "keras" in against and name in KERAS_NAMES and mode == "infer":
-                configs.append(("keras (torch backend)", lambda: _keras_step(name, x)))
-            group = []
-            for impl, make in configs:
-                times = _time(make(), warmup, repeats)
-                med = statistics.median(times)
-                flops = 2 * macs * batch_size * (3 if mode == "train" else 1) / med / 1e9
-                row = Row(name, impl, mode, batch_size, med * 1e3, min(times) * 1e3, max(times) * 1e3,
-                          batch_size / med, macs / 1e9, flops, flops / peak)
-                group.append(row)
-                log(f"  {name} {mode} {impl}: {row.img_per_s:.2f} img/s")
-            refs = [r.img_per_s for r in group if not r.impl.startswith("convzoo")]
-            for r in group:
-                if r.impl.startswith("convzoo") and refs:
-                    r.ratio = r.img_per_s / max(refs)
-            rows += group
-    return peak, rows
+            jobs += _jobs(model, mode, x, macs, runtimes, against)
+    measured: dict[int, Row] = {}
+    for reference in (True, False):
+        if not reference:
+            log(f"convzoo rows in the trainer's process state: {_trainer_process_state(dev)}")
+        for i, job in enumerate(jobs):
+            if job.reference == reference:
+                measured[i] = _measure(job, warmup, repeats, matmul, dev)
+                log(f"  {job.model} {job.mode} {job.impl}: {measured[i].img_per_s:.2f} img/s")
+    rows = [measured[i] for i in range(len(jobs))]
+    _set_ratios(rows)
+    return BenchResult(name, matmul, rows)
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -225,27 +368,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = ("infer", "train") if args.mode == "both" else (args.mode,)
-    peak, rows = run_bench(args.models, batch_size=args.batch_size, input_size=args.input_size, modes=modes,
-                           runtimes=tuple(args.runtime.split(",")), against=tuple(filter(None, args.against.split(","))),
-                           warmup=args.warmup, repeats=args.repeats, log=lambda s: print(s, file=sys.stderr))
-    print(markdown_table(rows))
+    result = run_bench(args.models, batch_size=args.batch_size, input_size=args.input_size, modes=modes,
+                       runtimes=tuple(args.runtime.split(",")), against=tuple(filter(None, args.against.split(","))),
+                       device=args.device, warmup=args.warmup, repeats=args.repeats,
+                       log=lambda s: print(s, file=sys.stderr))
+    print(markdown_table(result.rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(matmul_gflops=peak, threads=torch.get_num_threads(), torch=torch.__version__,
-                           rows=[asdict(r) for r in rows]), f, indent=1)
+            json.dump(dict(device=result.device, torch=torch.__version__, threads=torch.get_num_threads(),
+                           matmul_gflops=result.matmul.gflops, matmul_dtype=result.matmul.dtype,
+                           matmul_n=result.matmul.n, rows=[asdict(r) for r in result.rows]), f, indent=1)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` verb."""
-    p = sub.add_parser("bench", help="images/s of convzoo beside timm and Keras, in one run")
+    p = sub.add_parser("bench", help="images/s of convzoo beside plain PyTorch, timm and Keras, in one run")
     p.add_argument("models", nargs="*", default=["xception"])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--mode", choices=("infer", "train", "both"), default="infer")
     p.add_argument("--runtime", default="eager,optimized",
                    help=f"comma-separated, from {', '.join(RUNTIMES)}")
-    p.add_argument("--against", default="timm,keras", help="comma-separated references ('' for none)")
+    p.add_argument("--against", default="timm,keras",
+                   help=f"comma-separated, from {', '.join(REFERENCES)} ('' for none)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda where available")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")

@@ -9,14 +9,14 @@ import sys
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .errors import ConfigError, ImageError
 from .preprocess import MODES, choose_preprocessing
-from .runtime import RUNTIMES, runtime_model
+from .runtime import DEVICES, RUNTIMES, bf16_pays, resolve_device, runtime_model
 
 Prediction = tuple[str, str, float]
 
@@ -94,17 +94,49 @@ def resolve_model(model_name: str | None, weights: str | None) -> tuple[nn.Modul
     return model, None
 
 
+def runtime_device(device: str, runtime: str = "eager") -> torch.device:
+    """The device ``runtime`` runs on for a ``--device`` choice: ONNX Runtime runs on the CPU."""
+    if runtime == "eager":
+        return resolve_device(device)
+    if device == "cuda":
+        raise ConfigError(f"--runtime {runtime} runs on the CPU here: use --runtime eager with --device cuda")
+    return torch.device("cpu")
+
+
+def _forward(model: nn.Module, runtime: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` as run by ``runtime`` on ``device``, taking a CPU batch and giving float32 logits on the CPU."""
+    if runtime != "eager":
+        if device.type != "cpu":
+            raise ConfigError(f"the {runtime} runtime runs on the CPU here, not on {device}")
+        return runtime_model(model, runtime)
+    from .optimize import optimize_for_inference
+
+    fast = optimize_for_inference(model).to(device)
+    bf16 = bf16_pays(device)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = fast(x)
+        return logits.float().cpu()
+
+    return forward
+
+
 def predict_files(model: nn.Module, paths: Sequence[Path], *, batch_size: int = 8, mode: str | None = None,
-                  progress: bool = False, runtime: str = "eager") -> torch.Tensor:
-    """Class probabilities (N, classes) for the image files at ``paths``, preprocessed as recorded with the
-    model's weights (``model.weights_meta``, else its ``default_cfg``); ``mode`` overrides the preprocessing.
-    ``runtime`` ('eager' or 'onnxruntime', see :mod:`convzoo.runtime`) runs the model."""
+                  progress: bool = False, runtime: str = "eager", device: torch.device | str = "cpu"
+                  ) -> torch.Tensor:
+    """Class probabilities (N, classes, float32, on the CPU) for the image files at ``paths``, preprocessed as
+    recorded with the model's weights (``model.weights_meta``, else its ``default_cfg``); ``mode`` overrides
+    the preprocessing. ``runtime`` ('eager' or 'onnxruntime', see :mod:`convzoo.runtime`) runs the model;
+    the eager runtime runs a BatchNorm-folded, channels-last copy of it on ``device`` (under bfloat16
+    autocast on CUDA), ONNX Runtime only on the CPU. ``model`` is left as it is."""
     from tqdm import tqdm
 
     from .preprocess import ImageTransform
 
     transform = ImageTransform.from_model(model, mode)
-    forward = runtime_model(model, runtime)
+    forward = _forward(model, runtime, torch.device(device))
     out = []
     batches = range(0, len(paths), batch_size)
     with torch.inference_mode():
@@ -118,6 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """``convzoo predict``: top-k classes for each image, as a table or JSON lines."""
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = runtime_device(args.device, args.runtime)
     paths = expand_inputs(args.images)
     model, class_names = resolve_model(args.model, args.weights)
     n_classes = model.num_classes
@@ -129,7 +162,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if warning:
         print(f"convzoo: warning: {warning}", file=sys.stderr)
     probs = predict_files(model, paths, batch_size=args.batch_size, mode=mode, runtime=args.runtime,
-                          progress=len(paths) > 4 * args.batch_size and sys.stderr.isatty())
+                          device=device, progress=len(paths) > 4 * args.batch_size and sys.stderr.isatty())
     for path, preds in zip(paths, decode_predictions(probs, args.top, class_names)):
         if args.json:
             print(json.dumps({"image": str(path), "predictions": [
@@ -154,4 +187,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="normalise with this mode instead of the one recorded with the weights (warns)")
     p.add_argument("--runtime", choices=RUNTIMES, default="eager",
                    help="run the model in PyTorch (eager) or, BatchNorm folded and exported to ONNX, in ONNX Runtime")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the eager runtime runs (default: auto, a CUDA GPU when there is one); "
+                        "onnxruntime runs on the CPU")
     p.set_defaults(func=cmd_predict)

@@ -1,4 +1,5 @@
-"""Runtimes that run a model for inference: eager PyTorch, or its ONNX export in ONNX Runtime."""
+"""Where and how a model runs: the device a ``--device`` choice names, whether bf16 autocast pays there,
+and the inference runtimes (eager PyTorch, or the model's ONNX export in ONNX Runtime)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,22 @@ from torch import nn
 from .errors import ConfigError
 
 RUNTIMES = ("eager", "onnxruntime")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> torch.device:
+    """The device a ``--device`` choice ('auto', 'cpu' or 'cuda') names; 'auto' is CUDA where available."""
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def bf16_pays(device: torch.device) -> bool:
+    """Whether bfloat16 autocast is the default on ``device``: on a CUDA device that supports it (the CPUs
+    convzoo runs on here have no bf16 arithmetic, where autocast only adds conversions)."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 class OnnxRuntimeModel:

@@ -13,6 +13,8 @@ from torch import nn
 
 from ..data import ArrayDataset, BatchLoader
 from ..errors import CheckpointError, ConfigError, DataError
+from ..optimize import optimize_for_inference
+from ..runtime import bf16_pays, resolve_device
 from .build import NORMALIZATION, build_model
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, find_checkpoint, load_model_weights, read_state
 from .data import DataSpec, load_eval_data, load_run_data, resample_for, to_bgr
@@ -65,10 +67,11 @@ def evaluate_target(target: str | Path, data: str | Path | None = None, which: s
     Inputs are normalised as recorded with the weights: the run's normalisation, a checkpoint's own
     (``extra`` mean/std written by the trainer), else its weight record's preprocessing (``weights_meta``,
     else ``default_cfg``). ``preprocessing`` overrides that with a mode, with a one-line warning on stderr
-    when it differs."""
+    when it differs. On ``device`` ('auto': CUDA when available, 'cpu' or 'cuda') a BatchNorm-folded,
+    channels-last copy of the model runs, under bfloat16 autocast on CUDA."""
     if which not in ("best", "last"):
         raise ConfigError(f"checkpoint must be best or last, got {which!r}")
-    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    dev = resolve_device(device)
     t = _resolve(Path(target), which)
     if preprocessing is not None:
         t.mean, t.std, t.bgr = _override(t, preprocessing)
@@ -85,7 +88,8 @@ def evaluate_target(target: str | Path, data: str | Path | None = None, which: s
     if ds.classes != t.classes:
         raise DataError(f"{described}: expected the classes the model was trained on ({', '.join(t.classes)}), "
                         f"found {', '.join(ds.classes)}")
-    tally = evaluate(t.model.to(dev), _batches(ds, t, batch_size, dev), len(t.classes))
+    tally = evaluate(optimize_for_inference(t.model).to(dev), _batches(ds, t, batch_size, dev), len(t.classes),
+                     bf16=bf16_pays(dev))
     plot_confusion(tally.confusion, t.classes, t.png,
                    f"{t.name}: top-1 {tally.top1_acc:.4f} on {tally.n} images")
     return Evaluated(t.name, t.checkpoint, t.epoch, described, t.classes, tally, t.png)
@@ -112,7 +116,7 @@ def _override(t: _Target, mode: str) -> tuple[tuple[float, ...], tuple[float, ..
 
 
 def _batches(ds: ArrayDataset, t: _Target, batch_size: int, device: torch.device) -> BatchLoader:
-    return BatchLoader(ds, batch_size, mean=t.mean, std=t.std, device=device)
+    return BatchLoader(ds, batch_size, mean=t.mean, std=t.std, device=device, channels_last=True)
 
 
 def _resolve(path: Path, which: str) -> _Target:

@@ -29,6 +29,7 @@ from .. import __version__
 from ..data import ArrayDataset, BatchLoader, check_batch_size
 from ..errors import CheckpointError, ConfigError, ConvzooError
 from ..optimize import tune_cpu_allocator
+from ..runtime import bf16_pays, resolve_device
 from ..registry import get_model_cfg
 from .build import (build_model, input_size, kernel_l2, kernels, load_start_weights, make_optimizer, normalization,
                     rebuild_args, set_frozen, train_mode)
@@ -126,7 +127,7 @@ def classification_loss(output: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 def train(opts: TrainOptions) -> Path:
     """Train as ``opts`` says; returns the run folder."""
     recipe = opts.recipe.validate()
-    use_cuda = _use_cuda(opts.device)
+    use_cuda = resolve_device(opts.device).type == "cuda"
     env = init_distributed(use_cuda)
     try:
         return _train(opts, recipe, env, use_cuda)
@@ -157,7 +158,7 @@ def _train(opts: TrainOptions, recipe: Recipe, env: DistEnv, use_cuda: bool) -> 
                         recipe.split_seed, input_size(recipe, cfg), resample_for(cfg.interpolation))
 
     opts = replace(opts, channels_last=True if opts.channels_last is None else opts.channels_last,
-                   bf16=(use_cuda and torch.cuda.is_bf16_supported()) if opts.bf16 is None else opts.bf16)
+                   bf16=bf16_pays(torch.device("cuda" if use_cuda else "cpu")) if opts.bf16 is None else opts.bf16)
     if opts.compile is not None and opts.compile not in COMPILE_MODES:
         raise ConfigError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {opts.compile!r}")
     if not use_cuda:
@@ -368,14 +369,6 @@ def _wrap(model: nn.Module, env: DistEnv, device: torch.device, compile_: str | 
     if compile_ is not None:
         net = torch.compile(net, mode=compile_)
     return net
-
-
-def _use_cuda(device: str) -> bool:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
 def _set_determinism(deterministic: bool, use_cuda: bool) -> None:
