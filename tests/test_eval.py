@@ -16,6 +16,7 @@ from convzoo.cli import main
 from convzoo.train.evaluate import evaluate_target
 from convzoo.train.recipes import CIFAR_MEAN, CIFAR_STD
 
+from helpers import randomize_batchnorm_
 from test_train import train_args, write_cifar
 
 
@@ -117,13 +118,7 @@ def test_eval_on_cuda_matches_cpu(cifar, tmp_path, capsys):
     from convzoo.weights import save_checkpoint
 
     model = create_model("xception_cifar_tiny")
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5, generator=g)
-            m.running_var.uniform_(0.5, 2.0, generator=g)
-            m.weight.data.uniform_(0.5, 1.5, generator=g)
-            m.bias.data.uniform_(-0.2, 0.2, generator=g)
+    randomize_batchnorm_(model)
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     path = save_checkpoint(model, tmp_path / "m.safetensors", classes, extra={"mean": CIFAR_MEAN, "std": CIFAR_STD})
     data = clear_cut_copy(cifar, tmp_path / "clear", model)

@@ -13,9 +13,9 @@ import convzoo
 from convzoo.cli import main
 from convzoo.errors import ConfigError
 from convzoo.predict import decode_predictions, imagenet_classes, predict_files, runtime_device
-from convzoo.runtime import resolve_device
 from convzoo.preprocess import ImageTransform, preprocess_input
-from convzoo.runtime import runtime_model
+from convzoo.runtime import resolve_device, runtime_model
+from helpers import randomize_batchnorm_
 
 
 def run(capsys, *argv):
@@ -54,13 +54,7 @@ def cifar_checkpoint(tmp_path_factory):
 def bn_checkpoint(tmp_path_factory):
     """A small CIFAR model whose BatchNorms have non-trivial statistics, so that folding them changes weights."""
     model = convzoo.create_model("xception_cifar_tiny")
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5, generator=g)
-            m.running_var.uniform_(0.5, 2.0, generator=g)
-            m.weight.data.uniform_(0.5, 1.5, generator=g)
-            m.bias.data.uniform_(-0.2, 0.2, generator=g)
+    randomize_batchnorm_(model)
     path = tmp_path_factory.mktemp("bn") / "tiny.safetensors"
     convzoo.save_checkpoint(model, path, class_names=[f"class{i}" for i in range(10)])
     return path
