@@ -1,6 +1,8 @@
 """The benchmark runs and prints a well-formed table on a tiny input (it is not a timing test)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -103,3 +105,30 @@ def test_fused_model_equals_unfused():
         assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-4, rtol=1e-4)
     v2 = fuse_batchnorm(convzoo.create_model("resnet50v2").eval())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in v2.modules()) == 17  # pre-activations stay
+
+
+RSS_AFTER_FREE = """
+import sys, torch
+from convzoo.optimize import tune_cpu_allocator
+tuned = tune_cpu_allocator() if sys.argv[1] == "tuned" else False
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+before = rss()
+x = torch.ones(64 << 20)
+del x
+print(tuned, (rss() - before) >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_tuned_allocator_keeps_freed_memory():
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", RSS_AFTER_FREE, mode], capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    tuned, kept_mib = run("default")
+    assert not tuned and kept_mib < 16, "by default a freed 256 MiB tensor goes back to the OS"
+    tuned, kept_mib = run("tuned")
+    assert tuned and kept_mib >= 250, "tuned, the process keeps it for the next step"

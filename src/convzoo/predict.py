@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ImageError
+from .optimize import tune_cpu_allocator
 from .preprocess import MODES, choose_preprocessing
 from .runtime import DEVICES, RUNTIMES, bf16_pays, resolve_device, runtime_model
 
@@ -151,6 +152,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = runtime_device(args.device, args.runtime)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     paths = expand_inputs(args.images)
     model, class_names = resolve_model(args.model, args.weights)
     n_classes = model.num_classes

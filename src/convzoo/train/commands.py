@@ -97,8 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``convzoo eval``."""
+    from ..optimize import tune_cpu_allocator
     from .evaluate import evaluate_target
 
+    tune_cpu_allocator()
     result = evaluate_target(args.target, args.data, args.checkpoint, args.batch_size, args.device,
                              args.preprocessing)
     if args.json:
