@@ -67,26 +67,29 @@ def logits_of(output: Any) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
              bf16: bool = False) -> Tally:
-    """Run ``model`` in inference mode over ``batches`` of (images, labels) and tally the results."""
+    """Run ``model`` in inference mode over ``batches`` of (images, labels) and tally the results.
+
+    The sums stay on the batches' device until the end, so a GPU never waits for the host in between.
+    """
     was_training = model.training
     model.eval()
-    loss_sum = 0.0
-    top5 = 0
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    sums: torch.Tensor | None = None
     try:
         for x, y in batches:
             with autocast(x.device, bf16):
                 logits = logits_of(model(x))
             logits = logits.float()
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            k = min(5, num_classes)
-            top5 += int((logits.topk(k, 1).indices == y[:, None]).any(1).sum())
-            pred = logits.argmax(1)
-            confusion += torch.bincount((y * num_classes + pred).cpu(), minlength=num_classes ** 2).view(
-                num_classes, num_classes)
+            hits5 = (logits.topk(min(5, num_classes), 1).indices == y[:, None]).any(1).sum()
+            cells = torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+            batch = torch.cat([F.cross_entropy(logits, y, reduction="sum").double()[None], hits5.double()[None],
+                               cells.double()])
+            sums = batch if sums is None else sums + batch
     finally:
         model.train(was_training)
-    return Tally(loss_sum, top5, confusion)
+    if sums is None:
+        return Tally(0.0, 0, torch.zeros(num_classes, num_classes, dtype=torch.int64))
+    sums = sums.cpu()
+    return Tally(float(sums[0]), int(sums[1]), sums[2:].round().long().view(num_classes, num_classes))
 
 
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
