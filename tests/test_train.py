@@ -318,3 +318,14 @@ def test_cuda_training_defaults_to_bf16_and_resumes(cifar, tmp_path, compile_mod
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
     rows = metrics(out)
     assert len(rows) == 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(cifar, tmp_path):
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert main(train_args(cifar, eager, 1)) == 0
+    assert main(train_args(cifar, compiled, 1, "--compile", "reduce-overhead")) == 0
+    assert json.loads((compiled / "config.json").read_text())["compile"] == "reduce-overhead"
+    a, b = metrics(eager)[0], metrics(compiled)[0]
+    assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 1e-3
+    assert abs(float(a["val_loss"]) - float(b["val_loss"])) < 1e-2

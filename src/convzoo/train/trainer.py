@@ -232,7 +232,7 @@ def _train(opts: TrainOptions, recipe: Recipe, env: DistEnv, use_cuda: bool) -> 
             started = time.perf_counter()
             train_loss, train_acc, lr, images_per_s = _train_epoch(
                 net, model, train_loader, optimizer, recipe, epoch, l2, frozen, env, device, opts.bf16,
-                show_progress, run_dir)
+                opts.compile, show_progress, run_dir)
             tally = evaluate(model, val_loader, len(classes), opts.bf16)
             tally = _all_sum_tally(tally, env, device)
             seconds = time.perf_counter() - started
@@ -282,7 +282,8 @@ def _record_epoch(run_dir: Path, model: nn.Module, classes: list[str], extra: di
 
 def _train_epoch(net: nn.Module, model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
                  recipe: Recipe, epoch: int, l2: float, frozen: bool, env: DistEnv, device: torch.device,
-                 bf16: bool, show_progress: bool, run_dir: Path) -> tuple[float, float, float, float]:
+                 bf16: bool, compile_mode: str | None, show_progress: bool,
+                 run_dir: Path) -> tuple[float, float, float, float]:
     """One pass over the training set; returns mean loss, accuracy, last learning rate and images/s.
 
     The sums of loss, hits and images stay on the device and are read (and checked for NaN) every
@@ -294,6 +295,8 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader: BatchLoader, optimize
     loader.set_epoch(epoch)
     steps = len(loader)
     sync_every = SYNC_EVERY.get(device.type, 1)
+    # torch.compile's 'reduce-overhead' replays CUDA graphs: each step starts a new generation of outputs.
+    graphed = compile_mode == "reduce-overhead"
     penalised = [w for w in kernels(model) if w.requires_grad] if l2 > 0 else []
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     loss_sum = correct = 0.0
@@ -303,6 +306,8 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader: BatchLoader, optimize
     with tqdm(total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="batch", leave=False,
               disable=not show_progress, dynamic_ncols=True) as bar:
         for step, (x, y) in enumerate(loader):
+            if graphed:
+                torch.compiler.cudagraph_mark_step_begin()
             lr = learning_rate(recipe, epoch + step / steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
