@@ -13,6 +13,7 @@ import convzoo
 from helpers import randomize_
 from convzoo import load_checkpoint, save_checkpoint
 from convzoo.errors import CheckpointError
+from convzoo.registry import model_kwargs_from_json
 from convzoo.weights import read_checkpoint
 from convzoo.weights.checkpoint import model_args_of
 
@@ -66,6 +67,20 @@ def test_arguments_not_readable_from_the_model(tmp_path):
     path = save_checkpoint(model, tmp_path / "m.safetensors", model_args=args)
     loaded = load_checkpoint(path)
     assert loaded.AuxLogits is not None and _same_state(model, loaded)
+
+
+def test_table_arguments_saved_as_json_come_back_as_tables(tmp_path):
+    """Tables (Xception's blocks) are saved as JSON lists and objects and rebuilt as dataclasses."""
+    args = {"stem": [[8, 2], [16, 1]], "blocks": [{"widths": [16, 16]}, {"widths": [24], "stride": 1}]}
+    tables = model_kwargs_from_json("xception_cifar_tiny", args)
+    model = randomize_(convzoo.create_model("xception_cifar_tiny", **tables))
+    path = save_checkpoint(model, tmp_path / "m.safetensors", model_args=args)
+    assert read_checkpoint(path).model_args == args
+    loaded = load_checkpoint(path).eval()
+    assert _same_state(model, loaded)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
 
 
 def test_checkpoint_through_load_weights_and_create_model(tmp_path):

@@ -14,7 +14,8 @@ from convzoo import create_model
 from convzoo.cli import main
 from convzoo.errors import ConfigError
 from convzoo.models.xception import Block
-from convzoo.train.build import kernels, make_optimizer, model_kwargs_from_json, rebuild_args
+from convzoo.registry import model_kwargs_from_json
+from convzoo.train.build import kernels, make_optimizer, rebuild_args
 from convzoo.train.recipes import (CIFAR_MEAN, CIFAR_STD, RECIPES, Recipe, apply_settings, from_dict, get_recipe,
                                    learning_rate, list_recipes)
 from convzoo.train.trainer import classification_loss
@@ -131,7 +132,8 @@ def test_model_kwargs_from_json_build_the_tables():
     kwargs = model_kwargs_from_json("xception_cifar", {"stem": [[8, 2], [16, 1]],
                                                        "blocks": [{"widths": [16, 16], "stride": 2, "pool": True}]})
     assert kwargs == {"stem": ((8, 2), (16, 1)), "blocks": (Block((16, 16), stride=2, pool=True),)}
-    assert rebuild_args(Recipe(model_kwargs={"blocks": [{"widths": [16]}]}), 10) is None
+    assert rebuild_args(Recipe(model_kwargs={"blocks": [{"widths": [16]}]}), 10) == {
+        "num_classes": 10, "blocks": [{"widths": [16]}]}
     assert rebuild_args(Recipe(model="inception_v3_cifar", model_kwargs={"aux_logits": True}), 7) == {
         "num_classes": 7, "aux_logits": True}
     with pytest.raises(ConfigError, match="no field"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +19,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from convzoo import load_checkpoint
 from convzoo.cli import main
 from convzoo.data import embedded_cifar10
+from convzoo.preprocess import ImageTransform
 from convzoo.train.build import build_model
+from convzoo.train.checkpoint import load_model_weights
 from convzoo.train.recipes import from_dict
 
 # Two stem convs and one residual block: a few thousand parameters, about a second per 1,000 images.
@@ -103,6 +107,40 @@ def test_run_folder_holds_every_artefact(run, capsys):
 
     load_weights(model, run / "last" / "model.safetensors")
     assert torch.equal(model.fc.weight, tensors(run)["fc.weight"])
+
+
+def test_best_checkpoint_of_a_table_model_rebuilds_on_its_own(run, cifar, tmp_path, capsys):
+    """The tiny model is built from a table of blocks given as JSON; its checkpoint still records the
+    arguments, so load_checkpoint, eval and predict need neither --model nor the run's config."""
+    checkpoint = run / "best" / "model.safetensors"
+    model = load_checkpoint(checkpoint).eval()
+    assert model.checkpoint_info.model_args == {"num_classes": 10, **json.loads(TINY)}
+    assert model.class_names == embedded_cifar10().classes
+    trained = build_model(from_dict(json.loads((run / "config.json").read_text())["recipe"]), 10).eval()
+    load_model_weights(trained, run / "best")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), trained(x))
+
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "xception_cifar_tiny"
+    alone = tmp_path / "alone.safetensors"
+    shutil.copyfile(checkpoint, alone)
+    assert main(["eval", str(run), "--data", str(cifar), "--json"]) == 0
+    in_run = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(alone), "--data", str(cifar), "--json"]) == 0
+    outside = json.loads(capsys.readouterr().out)
+    assert (outside["top1"], outside["per_class"]) == (in_run["top1"], in_run["per_class"])
+
+    image = tmp_path / "frog.png"
+    Image.fromarray(embedded_cifar10().images[0].permute(1, 2, 0).numpy()).save(image)
+    assert main(["predict", "--weights", str(checkpoint), str(image), "--top", "1", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)["predictions"][0]
+    with torch.no_grad():
+        probs = model(ImageTransform.from_model(model)([image])).softmax(1)
+    assert top["label"] == model.class_names[int(probs.argmax())]
+    assert top["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
 
 
 def test_epoch_summary_lines(cifar, tmp_path, capsys):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import asdict, dataclass, field, replace
+import types
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
+import torch
 from torch import nn
 
 from .errors import ConfigError, UnknownModelError
@@ -134,3 +136,43 @@ def create_model(
 
         return FeatureExtractor(model, out_indices)
     return model
+
+
+def model_kwargs_from_json(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Turn JSON values into the types the builder of model ``name`` declares: lists into tuples, objects
+    into the dataclasses of its tables (Xception's ``Block``, ResNet's ``Stage``)."""
+    if not kwargs:
+        return {}
+    get_model_cfg(name)
+    with torch.device("meta"):
+        builder = type(create_model(name))
+    hints = get_type_hints(builder.__init__)
+    return {k: _from_json(v, hints.get(k, Any)) for k, v in kwargs.items()}
+
+
+def _from_json(value: Any, hint: Any) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(hint):
+            if isinstance(value, (list, tuple)) and get_origin(arg) in (tuple, list):
+                return _from_json(value, arg)
+            if isinstance(value, dict) and is_dataclass(arg):
+                return _from_json(value, arg)
+        return value
+    if isinstance(value, dict) and is_dataclass(hint):
+        field_hints = get_type_hints(hint)
+        unknown = set(value) - set(field_hints)
+        if unknown:
+            raise ConfigError(f"{hint.__name__} has no field {', '.join(sorted(unknown))}; "
+                              f"fields: {', '.join(field_hints)}")
+        return hint(**{k: _from_json(v, field_hints[k]) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        args = get_args(hint)
+        if origin in (tuple, list) and args and (args[-1] is Ellipsis or origin is list):
+            items = [_from_json(v, args[0]) for v in value]
+        elif origin is tuple and args:
+            items = [_from_json(v, args[i] if i < len(args) else Any) for i, v in enumerate(value)]
+        else:
+            items = [_from_json(v, Any) for v in value]
+        return items if origin is list else tuple(items)
+    return value

@@ -1,11 +1,8 @@
-"""Building the network a recipe trains: its keyword arguments from JSON, start weights, a new classifier,
+"""Building the network a recipe trains and the arguments that rebuild it: start weights, a new classifier,
 and the parameter groups that regularisation and freezing act on."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..registry import ModelCfg, create_model, get_model_cfg
+from ..registry import ModelCfg, create_model, model_kwargs_from_json
 from .recipes import CIFAR_MEAN, CIFAR_STD, Recipe
 
 # Per-channel mean and std in 0-255 pixel units for each of the registry's preprocessing modes, and
@@ -25,46 +22,6 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...], bool]] = {
     "torch": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), False),
     "caffe": ((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), True),
 }
-
-
-def model_kwargs_from_json(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Turn JSON values into the types the builder of model ``name`` declares: lists into tuples, objects
-    into the dataclasses of its tables (Xception's ``Block``, ResNet's ``Stage``)."""
-    if not kwargs:
-        return {}
-    get_model_cfg(name)
-    with torch.device("meta"):
-        builder = type(create_model(name))
-    hints = typing.get_type_hints(builder.__init__)
-    return {k: _from_json(v, hints.get(k, Any)) for k, v in kwargs.items()}
-
-
-def _from_json(value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(hint):
-            if isinstance(value, (list, tuple)) and typing.get_origin(arg) in (tuple, list):
-                return _from_json(value, arg)
-            if isinstance(value, dict) and dataclasses.is_dataclass(arg):
-                return _from_json(value, arg)
-        return value
-    if isinstance(value, dict) and dataclasses.is_dataclass(hint):
-        field_hints = typing.get_type_hints(hint)
-        unknown = set(value) - set(field_hints)
-        if unknown:
-            raise ConfigError(f"{hint.__name__} has no field {', '.join(sorted(unknown))}; "
-                              f"fields: {', '.join(field_hints)}")
-        return hint(**{k: _from_json(v, field_hints[k]) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        args = typing.get_args(hint)
-        if origin in (tuple, list) and args and (args[-1] is Ellipsis or origin is list):
-            items = [_from_json(v, args[0]) for v in value]
-        elif origin is tuple and args:
-            items = [_from_json(v, args[i] if i < len(args) else Any) for i, v in enumerate(value)]
-        else:
-            items = [_from_json(v, Any) for v in value]
-        return items if origin is list else tuple(items)
-    return value
 
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
@@ -89,22 +46,13 @@ def load_start_weights(model: nn.Module, path: str | Path) -> str:
     return f"started from {report.path} ({report.format}, {len(report.loaded)} tensors){replaced}"
 
 
-def rebuild_args(recipe: Recipe, num_classes: int) -> dict[str, Any] | None:
-    """The JSON ``create_model`` arguments that rebuild the trained model, or None when its keyword arguments
-    hold tables (Xception blocks, ResNet stages) that ``create_model`` only takes as objects."""
-    coerced = model_kwargs_from_json(recipe.model, recipe.model_kwargs)
-    if any(_holds_dataclass(v) for v in coerced.values()):
-        return None
+def rebuild_args(recipe: Recipe, num_classes: int) -> dict[str, Any]:
+    """The JSON ``create_model`` arguments that rebuild the trained model (tables as lists and objects, read
+    back by :func:`~convzoo.registry.model_kwargs_from_json`)."""
     args: dict[str, Any] = {"num_classes": num_classes, **recipe.model_kwargs}
     if recipe.input_size:
         args["input_size"] = list(recipe.input_size)
     return args
-
-
-def _holds_dataclass(value: Any) -> bool:
-    if dataclasses.is_dataclass(value):
-        return True
-    return isinstance(value, (tuple, list)) and any(_holds_dataclass(v) for v in value)
 
 
 def normalization(recipe: Recipe, cfg: ModelCfg) -> tuple[tuple[float, ...], tuple[float, ...], bool]:

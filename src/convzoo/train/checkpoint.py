@@ -1,9 +1,10 @@
 """A run folder's checkpoints, each written so that a crash at any moment leaves a usable one.
 
-A checkpoint is a folder (``last/``, ``best/``) holding ``model.safetensors`` (the weights, readable by
-``convzoo.weights``) and ``state.pt`` (optimizer, RNG, loader epoch, history: what resuming needs). Both
-files are written into a temporary folder and fsynced, then the folder replaces the old one by two
-renames; if a crash falls between them, the old folder (``.last.old``) is still complete and is used.
+A checkpoint is a folder (``last/``, ``best/``) holding ``model.safetensors`` (a convzoo checkpoint:
+``convzoo.load_checkpoint`` rebuilds the model from it) and ``state.pt`` (optimizer, RNG, loader epoch,
+history: what resuming needs). Both files are written into a temporary folder and fsynced, then the folder
+replaces the old one by two renames; if a crash falls between them, the old folder (``.last.old``) is
+still complete and is used.
 """
 
 from __future__ import annotations
@@ -60,35 +61,18 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def save_weights(model: nn.Module, path: Path, classes: list[str], extra: dict[str, Any],
-                 model_args: dict[str, Any] | None) -> None:
-    """Write ``model``'s weights to ``path``: a convzoo checkpoint (``load_checkpoint`` rebuilds it from
-    ``model_args``) when the model can be rebuilt from JSON arguments, else plain safetensors with the same
-    keys (readable by ``load_weights`` and by this run's config)."""
-    if model_args is not None:
-        from ..weights import save_checkpoint
-
-        save_checkpoint(model, path, classes, extra, model_args)
-        return
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    data = save(tensors, metadata={"convzoo_train": json.dumps({"classes": classes, **extra})})
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def write_checkpoint(folder: Path, model: nn.Module, classes: list[str], extra: dict[str, Any],
-                     model_args: dict[str, Any] | None, state: dict[str, Any]) -> None:
-    """Replace checkpoint ``folder`` (e.g. ``run/last``) with ``model``'s weights and the run ``state``."""
+                     model_args: dict[str, Any], state: dict[str, Any]) -> None:
+    """Replace checkpoint ``folder`` (e.g. ``run/last``) with ``model``'s weights, as a convzoo checkpoint
+    that ``load_checkpoint`` rebuilds from ``model_args``, and the run ``state``."""
+    from ..weights import save_checkpoint
+
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     old = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_weights(model, tmp / WEIGHTS_FILE, classes, extra, model_args)
+    save_checkpoint(model, tmp / WEIGHTS_FILE, classes, extra, model_args)
     with open(tmp / STATE_FILE, "wb") as f:
         torch.save({"format": STATE_FORMAT, **state}, f)
         f.flush()

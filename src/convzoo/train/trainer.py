@@ -264,7 +264,7 @@ def _train(opts: TrainOptions, recipe: Recipe, env: DistEnv, use_cuda: bool) -> 
 
 
 def _record_epoch(run_dir: Path, model: nn.Module, classes: list[str], extra: dict[str, Any],
-                  model_args: dict[str, Any] | None, state: dict[str, Any], improved: bool, writer: Any,
+                  model_args: dict[str, Any], state: dict[str, Any], improved: bool, writer: Any,
                   title: str) -> None:
     """Write the checkpoints, metrics.csv, curves.png and TensorBoard scalars of the epoch just finished."""
     # best before last: a crash between the two leaves last one epoch behind, and resuming from it

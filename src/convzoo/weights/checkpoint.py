@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, WeightsError
-from ..registry import ModelCfg, create_model, get_model_cfg
+from ..registry import ModelCfg, create_model, get_model_cfg, model_kwargs_from_json
 from . import formats
 
 FORMAT_VERSION = 1
@@ -76,7 +76,7 @@ def model_args_of(model: nn.Module) -> dict[str, Any]:
 
 def _check_rebuilds(model: nn.Module, name: str, args: dict[str, Any]) -> None:
     with torch.device("meta"):
-        rebuilt = create_model(name, **args).state_dict()
+        rebuilt = create_model(name, **model_kwargs_from_json(name, args)).state_dict()
     have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     want = {k: tuple(v.shape) for k, v in rebuilt.items()}
     if have != want:
@@ -110,8 +110,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, class_names: Sequence[st
     ``model.safetensors``) atomically; returns the file written.
 
     ``class_names``: one per output class. ``extra``: any JSON-serialisable metadata (epoch, metrics, ...).
-    ``model_args``: the ``create_model`` arguments, when they cannot be read off the model (the model is
-    rebuilt on the meta device to check them; a mismatch is a :class:`CheckpointError`).
+    ``model_args``: the ``create_model`` arguments, when they cannot be read off the model, as JSON (tables
+    as lists and objects, read back by :func:`~convzoo.registry.model_kwargs_from_json`); the model is
+    rebuilt on the meta device to check them, and a mismatch is a :class:`CheckpointError`.
     """
     from safetensors.torch import save
 
@@ -180,7 +181,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     from .torch_state import read_safetensors, state_to_convzoo
 
     info = read_checkpoint(path)
-    model = create_model(info.model, **info.model_args)
+    model = create_model(info.model, **model_kwargs_from_json(info.model, info.model_args))
     try:
         state, _ = read_safetensors(info.path)
         apply_mapped(model, state_to_convzoo(state, layout="convzoo checkpoint"),
