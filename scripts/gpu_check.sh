@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The GPU checks, for a machine with a CUDA GPU and no network:
-#   scripts/gpu_check.sh OUTDIR [tests] [bench] [train]      (all three when none is named)
+#   scripts/gpu_check.sh OUTDIR [tests] [bench-xception] [bench-cifar] [train]   (all when none is named)
 # Uses the project from this checkout (PYTHONPATH=src) on the torch installed there, and writes to OUTDIR:
 # device.txt, tests.log, bench_*.md/.json (convzoo beside timm, same run), train_*.log and summary.md.
-# A failing step is logged and the next one still runs; the exit status counts the failures.
+# A failing step is logged and the next one still runs; the exit status counts the failures. Each stage
+# takes a few minutes on an H100 (the compiled rows compile first); run them one by one where a call is
+# time-limited.
 set -uo pipefail
 
-out=${1:?usage: scripts/gpu_check.sh OUTDIR [tests] [bench] [train]}
+out=${1:?usage: scripts/gpu_check.sh OUTDIR [tests] [bench-xception] [bench-cifar] [train]}
 shift
-stages=${*:-tests bench train}
+stages=${*:-tests bench-xception bench-cifar train}
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -50,9 +52,12 @@ if [[ " $stages " == *" tests "* ]]; then
     step tests $PY -m pytest -q -p no:cacheprovider -m cuda tests
 fi
 
-if [[ " $stages " == *" bench "* ]]; then
+if [[ " $stages " == *" bench-xception "* ]]; then
     bench xception_train xception --mode train --batch-size 128 --runtime eager,bf16,compile --against timm
     bench xception_infer xception --mode infer --batch-size 256 --runtime eager,bf16,optimized,compile --against timm
+fi
+
+if [[ " $stages " == *" bench-cifar "* ]]; then
     bench cifar_slim xception_cifar_slim xception_cifar_slim_thinner --mode train --batch-size 64 \
         --input-size 32 32 --runtime eager,bf16,compile --against plain --repeats 20
 fi
