@@ -49,7 +49,9 @@ EOF
 printf '| step | exit | time | command |\n|---|---|---|---|\n' >"$out/summary.md"
 
 if [[ " $stages " == *" tests "* ]]; then
-    step tests $PY -m pytest -q -p no:cacheprovider -m cuda tests
+    # The files that hold CUDA tests; a module whose imports are missing there still lets the others run.
+    step tests $PY -m pytest -q -p no:cacheprovider -m cuda --continue-on-collection-errors \
+        tests/test_train.py tests/test_eval.py tests/test_predict.py tests/test_bench.py
 fi
 
 if [[ " $stages " == *" bench-xception "* ]]; then
