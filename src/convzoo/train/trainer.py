@@ -286,8 +286,9 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader: BatchLoader, optimize
                  run_dir: Path) -> tuple[float, float, float, float]:
     """One pass over the training set; returns mean loss, accuracy, last learning rate and images/s.
 
-    The sums of loss, hits and images stay on the device and are read (and checked for NaN) every
-    ``SYNC_EVERY`` steps and at the end, so a GPU never waits for the host inside that interval.
+    The sums of loss and hits stay on the device and are read (and checked for NaN) every ``SYNC_EVERY``
+    steps and at the end, so a GPU never waits for the host inside that interval; a NaN stops the run at
+    the first read after it, before any checkpoint of this epoch is written.
     """
     from tqdm import tqdm
 
