@@ -1,7 +1,8 @@
 """``convzoo bench``: images per second of convzoo beside its references, in the same process and run.
 
-The references are ``plain`` (the same convzoo network run the plain way: NCHW, eager, fp32), timm and
-Keras 3 (torch backend). Every reference row, for every model and mode, is measured first, in the
+The references are ``plain`` (the same convzoo network run the plain way: NCHW, eager, fp32; on CUDA
+also in bf16 channels-last, plain and compiled), timm (NCHW and channels-last; on CUDA bf16
+channels-last, plain and compiled) and Keras 3 (torch backend, CPU). Every reference row, for every model and mode, is measured first, in the
 process's default state; then the convzoo rows are measured in the state the trainer sets up: on the CPU
 glibc's allocator tuned to keep freed memory (:func:`convzoo.optimize.tune_cpu_allocator`), on CUDA
 cuDNN's autotuner on. The table still lists each (model, mode) together, convzoo rows first.
@@ -16,8 +17,8 @@ convzoo runtimes: ``eager`` (NCHW, fp32), ``channels_last`` (model and input), `
 and bfloat16 autocast; fp32 weights), ``optimized`` (inference: BatchNorm folded, channels-last; bf16 on
 CUDA), ``compile`` (:func:`torch.compile` of the channels-last model, BatchNorm folded for inference;
 on CUDA with bf16 and CUDA graphs, mode 'reduce-overhead') and ``onnxruntime`` (inference, CPU only).
-A training step is SGD with momentum, fused on CUDA as in the trainer; the fp32 references (plain,
-timm NCHW) use PyTorch's default SGD, the bf16 timm references the fused one.
+A training step is SGD with momentum, fused on CUDA as in the trainer; the fp32 references use PyTorch's
+default SGD, the bf16 references the fused one.
 """
 
 from __future__ import annotations
@@ -48,21 +49,23 @@ COMPILE_MODE = {"cpu": "default", "cuda": "reduce-overhead"}
 Step = Callable[[], object]
 
 
-class TimmVariant(NamedTuple):
-    """One way of running a timm reference."""
+class Variant(NamedTuple):
+    """One way of running a reference (its row is named ``<reference> <suffix>``)."""
 
-    impl: str
+    suffix: str
     channels_last: bool
     bf16: bool
     compiled: bool
 
 
+# The configurations a user of timm tries, per device; the plain network gets the same ones on CUDA,
+# where its best figure is what convzoo's trainer has to beat.
 TIMM_VARIANTS = {
-    "cpu": (TimmVariant("timm NCHW", False, False, False), TimmVariant("timm channels_last", True, False, False)),
-    "cuda": (TimmVariant("timm NCHW", False, False, False),
-             TimmVariant("timm bf16 channels_last", True, True, False),
-             TimmVariant("timm bf16 channels_last compiled", True, True, True)),
+    "cpu": (Variant("NCHW", False, False, False), Variant("channels_last", True, False, False)),
+    "cuda": (Variant("NCHW", False, False, False), Variant("bf16 channels_last", True, True, False),
+             Variant("bf16 channels_last compiled", True, True, True)),
 }
+PLAIN_VARIANTS = {"cpu": TIMM_VARIANTS["cpu"][:1], "cuda": TIMM_VARIANTS["cuda"]}
 
 
 @dataclass
@@ -192,11 +195,6 @@ def _convzoo_model(name: str, x: torch.Tensor) -> nn.Module:
     return create_model(name, input_size=tuple(x.shape[-2:])).to(x.device)
 
 
-def _plain_step(name: str, mode: str, x: torch.Tensor) -> Step:
-    model = _convzoo_model(name, x)
-    return _train_step(model.train(), x, model.num_classes) if mode == "train" else _infer_step(model.eval(), x)
-
-
 def _convzoo_step(name: str, runtime: str, mode: str, x: torch.Tensor) -> Step:
     from .optimize import optimize_for_inference
     from .runtime import OnnxRuntimeModel
@@ -218,10 +216,8 @@ def _convzoo_step(name: str, runtime: str, mode: str, x: torch.Tensor) -> Step:
     return _infer_step(_compiled(model.eval(), x.device) if runtime == "compile" else model.eval(), x, bf16)
 
 
-def _timm_step(name: str, variant: TimmVariant, mode: str, x: torch.Tensor) -> Step:
-    import timm
-
-    model = timm.create_model(TIMM_NAMES[name], pretrained=False).to(x.device)
+def _reference_step(model: nn.Module, variant: Variant, mode: str, x: torch.Tensor) -> Step:
+    """A step of a reference ``model`` run as ``variant`` says; the fused optimizer only with bf16 on CUDA."""
     if variant.channels_last:
         model, x = _channels_last(model, x)
     model.train(mode == "train")
@@ -230,6 +226,12 @@ def _timm_step(name: str, variant: TimmVariant, mode: str, x: torch.Tensor) -> S
         fused = x.device.type == "cuda" and variant.bf16
         return _train_step(net, x, model.num_classes, variant.bf16, fused)
     return _infer_step(net, x, variant.bf16)
+
+
+def _timm_model(name: str, x: torch.Tensor) -> nn.Module:
+    import timm
+
+    return timm.create_model(TIMM_NAMES[name], pretrained=False).to(x.device)
 
 
 def _keras_step(name: str, x: torch.Tensor) -> Step:
@@ -272,9 +274,11 @@ def _jobs(name: str, mode: str, x: torch.Tensor, macs: int, runtimes: tuple[str,
     jobs = [job(f"convzoo {r}", lambda r=r: _convzoo_step(name, r, mode, x), reference=False)
             for r in runtimes if not (mode == "train" and r in INFERENCE_ONLY)]
     if "plain" in against:
-        jobs.append(job("plain PyTorch NCHW", lambda: _plain_step(name, mode, x)))
+        jobs += [job(f"plain PyTorch {v.suffix}", lambda v=v: _reference_step(_convzoo_model(name, x), v, mode, x))
+                 for v in PLAIN_VARIANTS[x.device.type]]
     if "timm" in against and name in TIMM_NAMES:
-        jobs += [job(v.impl, lambda v=v: _timm_step(name, v, mode, x)) for v in TIMM_VARIANTS[x.device.type]]
+        jobs += [job(f"timm {v.suffix}", lambda v=v: _reference_step(_timm_model(name, x), v, mode, x))
+                 for v in TIMM_VARIANTS[x.device.type]]
     if "keras" in against and name in KERAS_NAMES and mode == "infer":
         jobs.append(job("keras (torch backend)", lambda: _keras_step(name, x)))
     return jobs
