@@ -1,8 +1,9 @@
 """``convzoo train``: a plain PyTorch training loop.
 
 One epoch: set the learning rate of each step from the recipe's schedule, forward the batch (this rank's
-shard of it under torchrun), add the Keras-style kernel penalty, step; then evaluate on the validation set,
-write the ``best`` and ``last`` checkpoints, ``metrics.csv``, ``curves.png`` and TensorBoard scalars.
+shard of it under torchrun), backward, add the gradient of the Keras-style kernel penalty, step; then
+evaluate on the validation set, write the ``best`` and ``last`` checkpoints, ``metrics.csv`` and
+TensorBoard scalars, and redraw ``curves.png`` (at most every ``PLOT_EVERY_S`` seconds, and at the end).
 
 Resuming is exact: the loader's shuffling and augmentation are a function of (seed, epoch), the schedule
 a function of the step, and the checkpoint holds the optimizer and RNG state, so on the CPU a run stopped
@@ -45,6 +46,9 @@ from .recipes import Recipe, from_dict, learning_rate
 # Steps between reads of the loss on the host: every step costs nothing on the CPU, but on a GPU each read
 # waits for the queue of kernels to drain.
 SYNC_EVERY = {"cpu": 1, "cuda": 50}
+# curves.png is redrawn at most this often (and after the last epoch): drawing takes ~0.3 s, as long as
+# a whole epoch of the fast recipe on a GPU.
+PLOT_EVERY_S = 30.0
 
 # TensorBoard tag -> metrics.csv column; the step is the epoch number.
 TENSORBOARD_TAGS = {"loss/train": "train_loss", "loss/val": "val_loss", "accuracy/train": "train_acc",
@@ -223,6 +227,7 @@ def _train(opts: TrainOptions, recipe: Recipe, env: DistEnv, use_cuda: bool) -> 
         say(f"resuming after epoch {start_epoch}")
     net, frozen = None, None
     session_started = time.perf_counter()
+    plotted = -math.inf
     try:
         for epoch in range(start_epoch, recipe.epochs):
             if frozen != (epoch < recipe.freeze_epochs):
@@ -249,8 +254,10 @@ def _train(opts: TrainOptions, recipe: Recipe, env: DistEnv, use_cuda: bool) -> 
                              loader=dict(seed=train_loader.seed, epoch=epoch + 1), history=history, best=best,
                              wall_time=row["wall_time"])
                 extra = dict(recipe=recipe.name, epoch=epoch + 1, val_acc=row["val_acc"], **normalised)
-                _record_epoch(run_dir, model, classes, extra, model_args, state, improved, writer,
-                              f"{recipe.model} ({recipe.name})")
+                _record_epoch(run_dir, model, classes, extra, model_args, state, improved, writer)
+                if epoch + 1 == recipe.epochs or time.perf_counter() - plotted >= PLOT_EVERY_S:
+                    plot_curves(history, run_dir / "curves.png", f"{recipe.model} ({recipe.name})")
+                    plotted = time.perf_counter()
             say(f"epoch {epoch + 1}/{recipe.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                 f"val loss {tally.loss:.4f} acc {tally.top1_acc:.4f}  lr {lr:.3g}  {images_per_s:.0f} img/s  "
                 f"{seconds:.1f}s", flush=True)
@@ -264,9 +271,8 @@ def _train(opts: TrainOptions, recipe: Recipe, env: DistEnv, use_cuda: bool) -> 
 
 
 def _record_epoch(run_dir: Path, model: nn.Module, classes: list[str], extra: dict[str, Any],
-                  model_args: dict[str, Any], state: dict[str, Any], improved: bool, writer: Any,
-                  title: str) -> None:
-    """Write the checkpoints, metrics.csv, curves.png and TensorBoard scalars of the epoch just finished."""
+                  model_args: dict[str, Any], state: dict[str, Any], improved: bool, writer: Any) -> None:
+    """Write the checkpoints, metrics.csv and TensorBoard scalars of the epoch just finished."""
     # best before last: a crash between the two leaves last one epoch behind, and resuming from it
     # recomputes the same epoch and rewrites best identically.
     if improved:
@@ -274,7 +280,6 @@ def _record_epoch(run_dir: Path, model: nn.Module, classes: list[str], extra: di
     write_checkpoint(run_dir / "last", model, classes, extra, model_args, state)
     history = state["history"]
     write_history(run_dir / "metrics.csv", history)
-    plot_curves(history, run_dir / "curves.png", title)
     for tag, key in TENSORBOARD_TAGS.items():
         writer.add_scalar(tag, history[-1][key], state["epoch"])
     writer.flush()
