@@ -80,10 +80,16 @@ for i in range(5):
     (root / f"data_batch_{i + 1}.bin").write_bytes(records[i * 10_000:(i + 1) * 10_000].tobytes())
 (root / "batches.meta.txt").write_text("\n".join(ds.classes) + "\n")
 EOF
-    step train_slim_50k $PY -m convzoo train --device cuda --model xception_cifar_slim --recipe fast --epochs 1 \
-        --batch-size 64 --data "$out/cifar50k" --set val_fraction=0.02 --out "$out/runs/slim50k" --overwrite
+    for graphs in "" "--compile reduce-overhead"; do
+        name=slim50k${graphs:+_graphs}
+        step "train_$name" $PY -m convzoo train --device cuda --model xception_cifar_slim --recipe fast \
+            --epochs 1 --batch-size 64 --data "$out/cifar50k" --set val_fraction=0.02 $graphs \
+            --out "$out/runs/$name" --overwrite
+    done
     step train_demo_bf16 $PY -m convzoo train --device cuda --recipe fast --bf16 --out "$out/runs/demo_bf16" \
         --overwrite
+    step train_demo_bf16_graphs $PY -m convzoo train --device cuda --recipe fast --bf16 \
+        --compile reduce-overhead --out "$out/runs/demo_bf16_graphs" --overwrite
     step train_demo_fp32 $PY -m convzoo train --device cuda --recipe fast --no-bf16 --out "$out/runs/demo_fp32" \
         --overwrite
     step compare $PY -m convzoo compare "$out/runs/demo_bf16" "$out/runs/demo_fp32" --out "$out/compare.png"
