@@ -15,6 +15,8 @@ from .errors import ConfigError
 
 RUNTIMES = ("eager", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")
+# torch.compile modes; 'reduce-overhead' replays CUDA graphs on a GPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def resolve_device(device: str) -> torch.device:

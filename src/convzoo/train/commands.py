@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from ..errors import ConfigError
+from ..runtime import COMPILE_MODES
 
 DEFAULT_RECIPE = "fast"
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # Flags that change what a run is; a resumed run keeps what it was started with.
 _RUN_DEFINING = ("recipe", "data", "val_data", "batch_size", "lr", "seed", "weights", "freeze_epochs", "settings",
                  "out", "overwrite")

@@ -30,11 +30,10 @@ from .. import __version__
 from ..data import ArrayDataset, BatchLoader, check_batch_size
 from ..errors import CheckpointError, ConfigError, ConvzooError
 from ..optimize import tune_cpu_allocator
-from ..runtime import bf16_pays, resolve_device
+from ..runtime import COMPILE_MODES, bf16_pays, resolve_device
 from ..registry import get_model_cfg
 from .build import (build_model, input_size, kernel_l2, kernels, load_start_weights, make_optimizer, normalization,
                     rebuild_args, set_frozen, train_mode)
-from .commands import COMPILE_MODES
 from .checkpoint import CONFIG_FILE, find_checkpoint, load_model_weights, read_state, write_checkpoint, write_json
 from .data import DataSpec, absolute_source, load_run_data, resample_for, to_bgr
 from .distributed import DistEnv, all_sum, barrier, broadcast, init_distributed, shard, shutdown, sync_batchnorm
