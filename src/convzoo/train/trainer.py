@@ -377,7 +377,9 @@ def _wrap(model: nn.Module, env: DistEnv, device: torch.device, compile_: str | 
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if compile_ is not None:
-        net = torch.compile(net, mode=compile_)
+        # Static shapes: the epoch's last, smaller batch gets its own graph instead of making every
+        # kernel shape-generic.
+        net = torch.compile(net, mode=compile_, dynamic=False)
     return net
 
 
