@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ImageError
-from .optimize import tune_cpu_allocator
+from .optimize import optimize_for_inference, tune_cpu_allocator
 from .preprocess import MODES, choose_preprocessing
 from .runtime import DEVICES, RUNTIMES, bf16_pays, resolve_device, runtime_model
 
@@ -110,8 +110,6 @@ def _forward(model: nn.Module, runtime: str, device: torch.device) -> Callable[[
         if device.type != "cpu":
             raise ConfigError(f"the {runtime} runtime runs on the CPU here, not on {device}")
         return runtime_model(model, runtime)
-    from .optimize import optimize_for_inference
-
     fast = optimize_for_inference(model).to(device)
     bf16 = bf16_pays(device)
 
