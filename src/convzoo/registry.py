@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
-import torch
 from torch import nn
 
 from .errors import ConfigError, UnknownModelError
@@ -143,10 +142,8 @@ def model_kwargs_from_json(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     into the dataclasses of its tables (Xception's ``Block``, ResNet's ``Stage``)."""
     if not kwargs:
         return {}
-    get_model_cfg(name)
-    with torch.device("meta"):
-        builder = type(create_model(name))
-    hints = get_type_hints(builder.__init__)
+    builder = _entry(name).builder
+    hints = get_type_hints(builder.__init__ if isinstance(builder, type) else builder)
     return {k: _from_json(v, hints.get(k, Any)) for k, v in kwargs.items()}
 
 
