@@ -49,3 +49,7 @@ class DownloadError(ConvzooError):
 
 class CheckpointError(ConvzooError):
     """A run folder or checkpoint that is missing, broken or belongs to another model."""
+
+
+class OutputError(ConvzooError):
+    """A file or folder that cannot be written (full disk, no permission, a path through a file)."""
