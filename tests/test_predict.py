@@ -13,7 +13,8 @@ import convzoo
 from convzoo.cli import main
 from convzoo.errors import ConfigError
 from convzoo.predict import decode_predictions, imagenet_classes, predict_files, runtime_device
-from convzoo.preprocess import ImageTransform, preprocess_input
+from convzoo.data.transforms import ImageTransform
+from convzoo.preprocess import preprocess_input
 from convzoo.runtime import resolve_device, runtime_model
 from helpers import randomize_batchnorm_
 

@@ -18,7 +18,8 @@ from torch import nn
 import convzoo
 from convzoo.cli import main
 from convzoo.errors import WeightsError
-from convzoo.preprocess import ImageTransform, mode_stats
+from convzoo.data.transforms import ImageTransform
+from convzoo.preprocess import mode_stats
 from convzoo.weights import records
 from convzoo.weights.layouts import fit_kernel
 

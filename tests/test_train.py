@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from convzoo import load_checkpoint
 from convzoo.cli import main
 from convzoo.data import embedded_cifar10
-from convzoo.preprocess import ImageTransform
+from convzoo.data.transforms import ImageTransform
 from convzoo.train.build import build_model
 from convzoo.train.checkpoint import load_model_weights
 from convzoo.train.recipes import from_dict

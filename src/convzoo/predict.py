@@ -132,7 +132,7 @@ def predict_files(model: nn.Module, paths: Sequence[Path], *, batch_size: int = 
     autocast on CUDA), ONNX Runtime only on the CPU. ``model`` is left as it is."""
     from tqdm import tqdm
 
-    from .preprocess import ImageTransform
+    from .data.transforms import ImageTransform
 
     transform = ImageTransform.from_model(model, mode)
     forward = _forward(model, runtime, torch.device(device))

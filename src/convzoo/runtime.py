@@ -3,6 +3,7 @@ and the inference runtimes (eager PyTorch, or the model's ONNX export in ONNX Ru
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 from pathlib import Path
@@ -32,6 +33,11 @@ def bf16_pays(device: torch.device) -> bool:
     """Whether bfloat16 autocast is the default on ``device``: on a CUDA device that supports it (the CPUs
     convzoo runs on here have no bf16 arithmetic, where autocast only adds conversions)."""
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``bf16``, else nothing: the one autocast helper."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 class OnnxRuntimeModel:

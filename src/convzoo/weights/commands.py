@@ -172,7 +172,7 @@ def _verify_input(model: torch.nn.Module, image: Path | None) -> tuple[torch.Ten
     import torch
 
     if image is not None:
-        from ..preprocess import ImageTransform
+        from ..data.transforms import ImageTransform
 
         return ImageTransform.from_model(model)([image]), str(image)
     _, h, w = model.default_cfg.input_size

@@ -1,0 +1,55 @@
+"""How a photo becomes a model input: resize, centre crop and normalise, as recorded with the weights."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..preprocess import preprocess_input, recorded_preprocessing
+from ..registry import ModelCfg
+from .images import open_image, resize_cover_crop
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """How a photo becomes a model input: resize the shorter side to ``size / crop_pct``, centre-crop
+    ``size``, then normalise with ``mode``."""
+
+    size: tuple[int, int]
+    crop_pct: float
+    interpolation: str
+    mode: str
+
+    @classmethod
+    def from_cfg(cls, cfg: ModelCfg, mode: str | None = None) -> "ImageTransform":
+        """The transform a model's ``default_cfg`` describes (``mode`` overrides its preprocessing)."""
+        return cls(tuple(cfg.input_size[1:]), cfg.crop_pct, cfg.interpolation, mode or cfg.preprocessing)
+
+    @classmethod
+    def from_model(cls, model: Any, mode: str | None = None) -> "ImageTransform":
+        """The transform for ``model``: its input size, and the interpolation, crop fraction and
+        preprocessing recorded with its weights (``weights_meta``, else ``default_cfg``); ``mode`` overrides
+        the preprocessing."""
+        cfg = model.default_cfg
+        meta = getattr(model, "weights_meta", None) or cfg
+        return cls(tuple(cfg.input_size[1:]), meta.crop_pct, meta.interpolation,
+                   mode or recorded_preprocessing(model))
+
+    def pixels(self, path: str | Path) -> torch.Tensor:
+        """The image file at ``path`` resized and cropped, as a uint8 tensor (3, H, W)."""
+        h, w = self.size
+        # The small slack keeps a fraction like 299 / 342 from flooring to 341.
+        outer = (math.floor(h / self.crop_pct + 1e-6), math.floor(w / self.crop_pct + 1e-6))
+        im = resize_cover_crop(open_image(path), outer, self.interpolation)
+        top, left = (outer[0] - h) // 2, (outer[1] - w) // 2
+        im = im.crop((left, top, left + w, top + h))
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def __call__(self, paths: list[str | Path]) -> torch.Tensor:
+        """A normalised float batch (N, 3, H, W) of the image files at ``paths``."""
+        return preprocess_input(torch.stack([self.pixels(p) for p in paths]).float(), self.mode)
