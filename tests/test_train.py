@@ -24,6 +24,7 @@ from convzoo import load_checkpoint
 from convzoo.cli import main
 from convzoo.data import embedded_cifar10
 from convzoo.data.transforms import ImageTransform
+from convzoo.errors import ConfigError
 from convzoo.train import TrainOptions, resume, start
 from convzoo.train.build import build_model
 from convzoo.train.recipes import apply_settings, from_dict, get_recipe, override
@@ -169,6 +170,16 @@ def test_library_runs_report_through_logging_not_stdout(cifar, tmp_path, capsys,
     assert lines[1].startswith("epoch 1/1") and lines[2].startswith("best val acc")
     again = resume(TrainOptions(resume_recipe(out, epochs=2), resume=out, device="cpu"))
     assert again.epoch == 1 and again.history == run.history and again.best == run.best
+
+
+def test_start_and_resume_refuse_options_of_the_other(run, tmp_path):
+    recipe = get_recipe("fast")
+    with pytest.raises(ConfigError, match="resume\\(\\) continues"):
+        start(TrainOptions(recipe, resume=run))
+    with pytest.raises(ConfigError, match="set opts.resume"):
+        resume(TrainOptions(recipe))
+    with pytest.raises(ConfigError, match="data, weights cannot be set"):
+        resume(TrainOptions(resume_recipe(run), resume=run, data="cifar10", weights=tmp_path / "w.pt"))
 
 
 @pytest.mark.parametrize("package", ["tensorboard", "matplotlib"])

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 SYNC_EVERY = {"cpu": 1, "cuda": 50}
 # The optional packages a run writes its files with.
 EXTRAS = ("tensorboard", "matplotlib")
+# The options that decide what a new run is; a resumed run takes them from its folder.
+RUN_DEFINING = ("data", "val_data", "out", "overwrite", "weights")
 
 
 @dataclass
@@ -130,9 +132,11 @@ def start(opts: TrainOptions, env: DistEnv = DistEnv()) -> Run:
     recipe's seed or loaded from ``opts.weights`` (the classifier replaced when the classes differ).
 
     Raises :class:`ConfigError` (recipe, options, an existing folder without ``overwrite``),
-    :class:`DataError`, :class:`WeightsError` or :class:`MissingDependencyError`; nothing is written before
-    the data and the model are ready.
+    :class:`DataError`, :class:`WeightsError` or :class:`MissingDependencyError`. The folder is created
+    once the data and the model are ready (with ``overwrite``, the old run in it is removed first).
     """
+    if opts.resume is not None:
+        raise ConfigError(f"start() begins a new run; resume() continues {opts.resume}")
     recipe = opts.recipe.validate()
     require(*EXTRAS, purpose="convzoo train")
     device = _device(opts, env)
@@ -161,8 +165,14 @@ def resume(opts: TrainOptions, env: DistEnv = DistEnv()) -> Run:
     keeps the numerics it was started with (bf16, channels-last, deterministic) unless ``opts`` sets them.
 
     Raises :class:`CheckpointError` (not a run, no checkpoint), :class:`ConfigError` (fewer epochs than
-    already trained), :class:`DataError` or :class:`MissingDependencyError`.
+    already trained, or options that would change what the run is), :class:`DataError` or
+    :class:`MissingDependencyError`.
     """
+    if opts.resume is None:
+        raise ConfigError("resume() continues a run: set opts.resume to its folder")
+    given = [name for name in RUN_DEFINING if getattr(opts, name)]
+    if given:
+        raise ConfigError(f"a resumed run keeps what it was started with; {', '.join(given)} cannot be set")
     recipe = opts.recipe.validate()
     require(*EXTRAS, purpose="convzoo train")
     folder = Path(opts.resume)
