@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from numbers import Integral
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from ..errors import ConfigError, ConvzooError, DataError, ImageError
 from .augment import BatchMix
@@ -70,9 +70,9 @@ def resolve_workers(workers: int) -> int:
 def decode_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """The image at ``path`` as uint8 RGB (3, H, W), upright by its EXIF orientation.
 
-    JPEG files are decoded by torchvision (libjpeg-turbo, the same pixels as Pillow's), their size checked
-    from the header first; every other format by :func:`open_image`. Raises :class:`ImageError` for a
-    missing, empty, damaged, truncated or oversized file.
+    JPEG files are decoded by torchvision (:func:`decode_bytes`), every other format by :func:`open_image`
+    (transparency on white, 16-bit grayscale scaled, as the in-memory path reads them). Raises
+    :class:`ImageError` for a missing, empty, damaged, truncated or oversized file.
     """
     path = Path(path)
     try:
@@ -81,36 +81,56 @@ def decode_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
         raise ImageError(f"expected an image file at {path}, found {type(exc).__name__}: {exc}") from None
     if not data.startswith(_JPEG):
         return torch.from_numpy(np.asarray(open_image(path, max_pixels), dtype=np.uint8).copy()).permute(2, 0, 1)
+    return decode_bytes(data, str(path), max_pixels)
+
+
+def decode_bytes(data: bytes, where: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """An encoded image as uint8 RGB (3, H, W), decoded by torchvision: JPEG by libjpeg-turbo (the same
+    pixels as Pillow's) upright by its EXIF orientation, other formats by ``decode_image`` (an alpha
+    channel is dropped). The size is checked from the header (Pillow's parser) before decoding. Raises
+    :class:`ImageError` naming ``where`` for damaged, truncated or oversized data."""
     try:
         with Image.open(BytesIO(data)) as im:
             width, height = im.size
         if max_pixels is not None and width * height > max_pixels:
-            raise ImageError(f"{path}: expected at most {max_pixels:,} pixels, found {width}x{height} = "
+            raise ImageError(f"{where}: expected at most {max_pixels:,} pixels, found {width}x{height} = "
                              f"{width * height:,} (pass a larger max_pixels to allow it)")
-        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                           apply_exif_orientation=True)
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if data.startswith(_JPEG):
+            return decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        return decode_image(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except ImageError:
         raise
     except Exception as exc:
         # torchvision reports damaged files as RuntimeError, Pillow's header parser with several types.
         reason = str(exc).rsplit(", ", 1)[-1]
-        raise ImageError(f"{path}: expected a complete image, found a damaged one ({type(exc).__name__}: "
+        raise ImageError(f"{where}: expected a complete image, found a damaged one ({type(exc).__name__}: "
                          f"{reason})") from None
 
 
-def _seed(*words: int) -> int:
+def mix_seed(*words: int) -> int:
     """A 64-bit seed mixed from non-negative integers (numpy's SeedSequence)."""
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of the augmentation of image ``index`` in ``epoch``."""
-    return _seed(seed, epoch, 0, index)
+    return mix_seed(seed, epoch, 0, index)
 
 
 def batch_seed(seed: int, epoch: int, step: int) -> int:
     """The seed of the batch mix (mixup/cutmix) of global batch ``step`` in ``epoch``."""
-    return _seed(seed, epoch, 1, step)
+    return mix_seed(seed, epoch, 1, step)
+
+
+def seeded(transform: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int | None) -> torch.Tensor:
+    """``transform(image)`` with the global torch generator seeded by ``seed`` (None: as it is), the
+    generator's state restored afterwards."""
+    if seed is None:
+        return transform(image)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return transform(image)
 
 
 class Ticket(NamedTuple):
@@ -165,7 +185,7 @@ class EpochBatches(Sampler):
         """The file indices of the epoch in the order this process's batches take them."""
         if not self.train:
             return self.block
-        gen = torch.Generator().manual_seed(_seed(self.seed, self.epoch))
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
         order = torch.randperm(self.n, generator=gen)[:self.steps * self.batch_size]
         return order.view(self.steps, self.world_size, -1)[:, self.rank].reshape(-1)
 
@@ -204,11 +224,7 @@ class ImageFileDataset(Dataset):
             image = decode_file(self.files.path(index), self.max_pixels)
         except ImageError as exc:
             return Sample(None, label, str(exc))
-        if seed is None:
-            return Sample(self.transform(image), label, None)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            return Sample(self.transform(image), label, None)
+        return Sample(seeded(self.transform, image, seed), label, None)
 
 
 class RawBatch(NamedTuple):
@@ -272,41 +288,45 @@ def _worker_message(exc: BaseException) -> str:
     return lines[-1].split(": ", 1)[-1] if lines[-1].startswith(type(exc).__module__) else lines[-1]
 
 
-class StreamLoader:
-    """Batches of model inputs from a streaming data set, on ``device``.
+class Schedule(Protocol):
+    """What a :class:`StreamLoader` asks of the object that orders an epoch (:class:`EpochBatches`,
+    ``shards.ShardStream``)."""
 
-    ``dataset`` answers :class:`Ticket` lists from ``batches`` with :class:`Sample` values (an
-    :class:`ImageFileDataset`). ``workers`` processes (capped at the cores, see :func:`resolve_workers`;
-    0: in this process) load ``prefetch`` batches each ahead, persist across epochs, and hand over pinned
-    memory when ``device`` is CUDA. ``mix`` (mixup/cutmix) is applied to each batch on the device, seeded
-    by :func:`batch_seed`; labels then become soft targets (N, classes). ``name`` names the source in
-    errors. Iterating yields ``(x, y)``: x float32 (N, 3, H, W) (channels-last if asked), y int64 (N,).
+    seed: int
+    epoch: int
+    start_step: int
+
+    @property
+    def steps(self) -> int: ...
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None: ...
+
+
+class StreamLoader:
+    """Batches of model inputs from a streaming source, on ``device``.
+
+    ``loader`` is a DataLoader whose batches are :class:`RawBatch` values and whose epochs ``schedule``
+    orders (see :func:`folder_loader`). ``mix`` (mixup/cutmix) is applied to each batch on the device,
+    seeded by :func:`batch_seed`; labels then become soft targets (N, classes). ``name`` names the source
+    in errors. Iterating yields ``(x, y)``: x float32 (N, 3, H, W) (channels-last if asked), y int64 (N,).
     """
 
-    def __init__(self, dataset: Dataset, batches: EpochBatches, *, workers: int = 2,
-                 device: torch.device | str = "cpu", channels_last: bool = False, mix: BatchMix | None = None,
-                 prefetch: int = 2, name: str = "data") -> None:
-        self.batches, self.mix, self.name = batches, mix, name
+    def __init__(self, loader: DataLoader, schedule: Schedule, *, device: torch.device | str = "cpu",
+                 channels_last: bool = False, mix: BatchMix | None = None, name: str = "data") -> None:
+        self.loader, self.schedule, self.mix, self.name = loader, schedule, mix, name
         self.device, self.channels_last = torch.device(device), channels_last
-        self.workers = resolve_workers(workers)
-        cuda = self.device.type == "cuda"
-        self.loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.workers,
-                                 collate_fn=collate_samples, pin_memory=cuda,
-                                 pin_memory_device=str(self.device) if cuda else "",
-                                 persistent_workers=self.workers > 0,
-                                 prefetch_factor=prefetch if self.workers > 0 else None)
-        self.stats = EpochStats(0, 0, batches.steps)
+        self.stats = EpochStats(0, 0, schedule.steps)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Select the order and augmentation of ``epoch``, starting at batch ``start_step``."""
-        self.batches.set_epoch(epoch, start_step)
+        self.schedule.set_epoch(epoch, start_step)
 
     def __len__(self) -> int:
-        return self.batches.steps
+        return self.schedule.steps
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch, step = self.batches.epoch, self.batches.start_step
-        self.stats = EpochStats(epoch, step, self.batches.steps, step)
+        epoch, step = self.schedule.epoch, self.schedule.start_step
+        self.stats = EpochStats(epoch, step, self.schedule.steps, step)
         try:
             for raw in self.loader:
                 batch = self._receive(raw, step)
@@ -336,7 +356,7 @@ class StreamLoader:
         y = raw.labels.to(self.device, non_blocking=True)
         if self.mix is not None:
             with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(batch_seed(self.batches.seed, self.batches.epoch, step))
+                torch.default_generator.manual_seed(batch_seed(self.schedule.seed, self.schedule.epoch, step))
                 x, y = self.mix(x, y)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -350,16 +370,29 @@ class StreamLoader:
                             f"unreadable (first: {stats.skipped[0]})")
 
 
+def make_loader(dataset: Dataset, *, workers: int, device: torch.device, prefetch: int, persistent: bool,
+                **kwargs: Any) -> DataLoader:
+    """A DataLoader of :class:`RawBatch` values: ``workers`` processes (0: this one) loading ``prefetch``
+    batches each ahead, into pinned memory when ``device`` is CUDA; ``kwargs`` name the batching."""
+    cuda = device.type == "cuda"
+    return DataLoader(dataset, num_workers=workers, collate_fn=collate_samples, pin_memory=cuda,
+                      pin_memory_device=str(device) if cuda else "", persistent_workers=persistent and workers > 0,
+                      prefetch_factor=prefetch if workers > 0 else None, **kwargs)
+
+
 def folder_loader(files: FileList, transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int, *,
                   train: bool, seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 2,
                   device: torch.device | str = "cpu", channels_last: bool = False, mix: BatchMix | None = None,
                   prefetch: int = 2, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> StreamLoader:
-    """A :class:`StreamLoader` over the files of ``files`` (see :class:`EpochBatches` for ``train``,
-    ``seed``, ``rank`` and ``world_size``; ``transform`` is an ``augment.TrainTransform`` or
-    ``augment.EvalTransform``)."""
+    """A :class:`StreamLoader` over the files of ``files``, decoded by ``workers`` processes (capped at the
+    cores, see :func:`resolve_workers`; 0: in this process) that persist across epochs and load
+    ``prefetch`` batches each ahead. See :class:`EpochBatches` for ``train``, ``seed``, ``rank`` and
+    ``world_size``; ``transform`` is an ``augment.TrainTransform`` or ``augment.EvalTransform``."""
     batches = EpochBatches(len(files), batch_size, train=train, seed=seed, rank=rank, world_size=world_size)
-    return StreamLoader(ImageFileDataset(files, transform, max_pixels), batches, workers=workers, device=device,
-                        channels_last=channels_last, mix=mix, prefetch=prefetch, name=str(files.root))
+    device = torch.device(device)
+    loader = make_loader(ImageFileDataset(files, transform, max_pixels), workers=resolve_workers(workers),
+                         device=device, prefetch=prefetch, persistent=True, batch_sampler=batches)
+    return StreamLoader(loader, batches, device=device, channels_last=channels_last, mix=mix, name=str(files.root))
 
 
 def in_memory_bytes(n_images: int, size: tuple[int, int], channels: int = 3) -> int:
