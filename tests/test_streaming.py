@@ -375,3 +375,14 @@ def test_jpeg_bytes_round_trip_through_pillow_header_check(tmp_path):
     Image.new("RGB", (4, 4)).save(buf, "JPEG")
     (tmp_path / "tiny.jpg").write_bytes(buf.getvalue())
     assert decode_file(tmp_path / "tiny.jpg").shape == (3, 4, 4)
+
+
+def test_loading_in_process_leaves_the_global_generator_alone(folder):
+    """The trainer's own randomness (dropout, its checkpointed RNG state) must not depend on the loader."""
+    aug = TrainAugment(auto_augment="rand-m9-mstd0.5", re_prob=0.5, mixup=0.8)
+    loader = folder_loader(scan_class_folders(folder), TrainTransform(aug, (48, 48), "bicubic", "torch"), 8,
+                           train=True, workers=0, mix=batch_mix(aug, 3))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    _epoch(loader, 0)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -375,9 +375,12 @@ def make_loader(dataset: Dataset, *, workers: int, device: torch.device, prefetc
     """A DataLoader of :class:`RawBatch` values: ``workers`` processes (0: this one) loading ``prefetch``
     batches each ahead, into pinned memory when ``device`` is CUDA; ``kwargs`` name the batching."""
     cuda = device.type == "cuda"
+    # A generator of its own: DataLoader draws its workers' base seed from it at every epoch, which would
+    # otherwise advance the global generator the trainer checkpoints. Nothing random depends on that seed.
     return DataLoader(dataset, num_workers=workers, collate_fn=collate_samples, pin_memory=cuda,
                       pin_memory_device=str(device) if cuda else "", persistent_workers=persistent and workers > 0,
-                      prefetch_factor=prefetch if workers > 0 else None, **kwargs)
+                      prefetch_factor=prefetch if workers > 0 else None, generator=torch.Generator().manual_seed(0),
+                      **kwargs)
 
 
 def folder_loader(files: FileList, transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int, *,
