@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import convzoo
-from convzoo.bench import markdown_table, run_bench
+from convzoo.bench import results_table, run_bench
 from convzoo.cli import main
 from convzoo.optimize import fuse_batchnorm, optimize_for_inference
 
@@ -34,7 +34,7 @@ def test_run_bench_rows_and_ratios():
                       "convzoo rows in the trainer's process state",
                       "resnext50_32x4d infer convzoo eager", "resnext50_32x4d infer convzoo optimized",
                       "resnext50_32x4d train convzoo eager"]
-    table = markdown_table(rows).splitlines()
+    table = results_table(rows).splitlines()
     assert len(table) == 2 + len(rows)
     assert all(line.count("|") == table[0].count("|") for line in table)
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..registry import ModelCfg, create_model, model_kwargs_from_json
+from ..factory import create_model
+from ..registry import ModelCfg, model_kwargs_from_json
 from .recipes import CIFAR_MEAN, CIFAR_STD, Recipe
 
 # Per-channel mean and std in 0-255 pixel units for each of the registry's preprocessing modes, and
