@@ -237,7 +237,8 @@ def _keras_step(name: str, x: torch.Tensor) -> Step:
     if keras.backend.backend() != "torch":
         raise ConfigError(f"the Keras reference needs KERAS_BACKEND=torch, found {keras.backend.backend()}")
     with keras.device("cpu"):
-        model = getattr(keras.applications, get_model_cfg(name).keras_app)(weights=None, input_shape=tuple(x.shape[2:]) + (3,))
+        app = getattr(keras.applications, get_model_cfg(name).keras_app)
+        model = app(weights=None, input_shape=tuple(x.shape[2:]) + (3,))
     nhwc = x.permute(0, 2, 3, 1).contiguous()
 
     def step():

@@ -35,7 +35,8 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
         raise RuntimeError("fuse_batchnorm is for inference: call model.eval() first")
     for conv_path, bn_path in model.conv_bn_pairs():
         conv, bn = model.get_submodule(conv_path), model.get_submodule(bn_path)
-        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features):
+        fits = isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features
+        if not fits:
             raise ConfigError(f"{type(model).__name__}: {conv_path} and {bn_path} are no convolution and BatchNorm "
                               f"of the same width")
         _fold(conv, bn)
