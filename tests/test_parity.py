@@ -20,7 +20,7 @@ from convzoo.models.base import logits_of  # noqa: E402
 TOL = 1e-4
 # Keras application -> the registered model that reproduces it (its ModelCfg.keras_app).
 KERAS_APPS = {cfg.keras_app: cfg.name for cfg in map(convzoo.get_model_cfg, convzoo.list_models()) if cfg.keras_app}
-# The deep ResNets take long to build in Keras: they run with the slow tests, one writer each.
+# The deep ResNets take over 20 s each in Keras: they run with the slow tests, one writer each.
 SLOW_APPS = ("ResNet101", "ResNet152", "ResNet101V2", "ResNet152V2")
 KERAS_CASES = [(app, writer) for app in KERAS_APPS if app not in SLOW_APPS for writer in ("legacy_h5", "weights_h5")]
 KERAS_CASES += [("ResNet50V2", "whole_model_h5"), ("ResNet50", "keras_archive")]
@@ -156,12 +156,9 @@ TORCH_CASES = {f"{source}-{ref}": (build, ref, cfg.name)
                for cfg in map(convzoo.get_model_cfg, convzoo.list_models())
                for source, build, ref in (("torchvision", _torchvision, cfg.torchvision_name),
                                           ("timm", _timm, cfg.timm_name)) if ref}
-# ResNeXt-101s take over 20 s each here (two 44-83M-parameter networks, two files).
-SLOW_CASES = [case for case in TORCH_CASES if "resnext101" in case]
 
 
-@pytest.mark.parametrize("case", [c if c not in SLOW_CASES else pytest.param(c, marks=pytest.mark.slow)
-                                  for c in TORCH_CASES])
+@pytest.mark.parametrize("case", list(TORCH_CASES))
 def test_torch_parity(case, tmp_path):
     from safetensors.torch import save_file
 
