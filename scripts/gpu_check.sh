@@ -55,10 +55,8 @@ if [[ " $stages " == *" tests "* ]]; then
 fi
 
 if [[ " $stages " == *" bench-xception "* ]]; then
-    # xception_timm is Xception with timm's conventions: its reference is timm's legacy_xception.
-    bench xception_train xception_timm --mode train --batch-size 128 --runtime eager,bf16,compile --against timm
-    bench xception_infer xception_timm --mode infer --batch-size 256 --runtime eager,bf16,optimized,compile \
-        --against timm
+    bench xception_train xception --mode train --batch-size 128 --runtime eager,bf16,compile --against timm
+    bench xception_infer xception --mode infer --batch-size 256 --runtime eager,bf16,optimized,compile --against timm
 fi
 
 if [[ " $stages " == *" bench-cifar "* ]]; then

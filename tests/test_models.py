@@ -284,6 +284,11 @@ def test_model_cfg_is_a_pretrained_cfg_mapping():
         cfg["url"]
     with pytest.raises(ConfigError, match="interpolation must be one of bilinear, bicubic, got 'nearest'"):
         replace(cfg, interpolation="nearest")
+    with pytest.raises(ConfigError, match="exact names timm without a reference of that library"):
+        replace(cfg, exact=("keras", "timm"))
+    assert cfg.exact_reference("keras") == "ResNet50" and cfg.exact_reference("timm") is None
+    assert convzoo.get_model_cfg("xception").reference_name("timm") == "legacy_xception"
+    assert convzoo.get_model_cfg("xception").exact_reference("timm") is None
 
 
 @pytest.mark.parametrize("name, groups", [

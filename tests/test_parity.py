@@ -18,8 +18,9 @@ import convzoo  # noqa: E402
 from convzoo.models.base import logits_of  # noqa: E402
 
 TOL = 1e-4
-# Keras application -> the registered model that reproduces it (its ModelCfg.keras_app).
-KERAS_APPS = {cfg.keras_app: cfg.name for cfg in map(convzoo.get_model_cfg, convzoo.list_models()) if cfg.keras_app}
+CFGS = [convzoo.get_model_cfg(n) for n in convzoo.list_models()]
+# Keras application -> the registered model that reproduces it exactly (ModelCfg.exact_reference).
+KERAS_APPS = {cfg.exact_reference("keras"): cfg.name for cfg in CFGS if cfg.exact_reference("keras")}
 # The deep ResNets take over 20 s each in Keras: they run with the slow tests, one writer each.
 SLOW_APPS = ("ResNet101", "ResNet152", "ResNet101V2", "ResNet152V2")
 KERAS_CASES = [(app, writer) for app in KERAS_APPS if app not in SLOW_APPS for writer in ("legacy_h5", "weights_h5")]
@@ -150,12 +151,11 @@ def _timm(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=False)
 
 
-# "source-reference" -> (reference builder, reference name, convzoo model), from the registered models'
-# torchvision_name and timm_name.
-TORCH_CASES = {f"{source}-{ref}": (build, ref, cfg.name)
-               for cfg in map(convzoo.get_model_cfg, convzoo.list_models())
-               for source, build, ref in (("torchvision", _torchvision, cfg.torchvision_name),
-                                          ("timm", _timm, cfg.timm_name)) if ref}
+# "source-reference" -> (reference builder, reference name, convzoo model), from the torchvision and timm
+# references the registered models reproduce exactly.
+TORCH_CASES = {f"{source}-{cfg.exact_reference(source)}": (build, cfg.exact_reference(source), cfg.name)
+               for cfg in CFGS for source, build in (("torchvision", _torchvision), ("timm", _timm))
+               if cfg.exact_reference(source)}
 
 
 @pytest.mark.parametrize("case", list(TORCH_CASES))

@@ -10,10 +10,9 @@ import convzoo
 from convzoo.summary import count_params
 
 CFGS = [convzoo.get_model_cfg(n) for n in convzoo.list_models()]
-# The references each registered model names (ModelCfg.keras_app, torchvision_name, timm_name).
-KERAS = {c.name: c.keras_app for c in CFGS if c.keras_app}
-TORCHVISION = {c.name: c.torchvision_name for c in CFGS if c.torchvision_name}
-TIMM = {c.name: c.timm_name for c in CFGS if c.timm_name}
+# The references each registered model reproduces exactly (ModelCfg.exact_reference), by model.
+KERAS, TORCHVISION, TIMM = ({c.name: c.exact_reference(lib) for c in CFGS if c.exact_reference(lib)}
+                            for lib in ("keras", "torchvision", "timm"))
 # torchvision's Inception V3 builds its auxiliary head unless told not to.
 TORCHVISION_KWARGS = {"inception_v3": dict(aux_logits=False, init_weights=False)}
 

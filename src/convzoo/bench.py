@@ -13,8 +13,8 @@ multiply-accumulates per image, achieved GFLOP/s (2 FLOP per MAC; a training ste
 pass) and that as a fraction of a dense matrix multiply measured on the same device in the same run
 (fp32 2048^3 on the CPU, bf16 8192^3 on CUDA).
 
-The references of a model are the constructors its registered configuration names (``timm_name``,
-``keras_app``): the networks it reproduces exactly.
+The references of a model are the same network in timm and Keras, as its registered configuration names
+them (``timm_name``, ``keras_app``; conventions such as BatchNorm epsilon may differ).
 
 convzoo runtimes: ``eager`` (NCHW, fp32), ``channels_last`` (model and input), ``bf16`` (channels-last
 and bfloat16 autocast; fp32 weights), ``optimized`` (inference: BatchNorm folded, channels-last; bf16 on

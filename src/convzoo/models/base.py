@@ -32,7 +32,7 @@ class ConvNet(nn.Module):
 
     ``default_cfg`` (also ``pretrained_cfg``) is the registered :class:`ModelCfg`, set by ``create_model``;
     its ``min_input_size`` is the smallest input the model accepts. ``aux_logits``: whether ``forward``
-    returns a :class:`LogitsWithAux` (fixed when the model is built).
+    returns a :class:`LogitsWithAux`, fixed when the model is built (by the builder argument of that name).
     """
 
     stage_names: list[str]

@@ -335,15 +335,16 @@ def _torch_guess(layout: str, shapes: Mapping[str, tuple[int, ...]]) -> str | No
 TORCHVISION_INPUT_AFFINE = (tuple(s / 0.5 for s in IMAGENET_STD), tuple((m - 0.5) / 0.5 for m in IMAGENET_MEAN))
 _IMAGENET = dict(input_size=(3, 299, 299), min_input_size=(3, 75, 75), interpolation="bicubic", crop_pct=0.875,
                  first_conv="Conv2d_1a_3x3.conv", aux_classifier="AuxLogits.fc")
+_REFERENCES = dict(keras_app="InceptionV3", timm_name="inception_v3", torchvision_name="inception_v3")
 
 FAMILY = Family(
     name="inception_v3",
     builder=InceptionV3,
     models=(
         ModelCfg("inception_v3", "torchvision inception_v3, timm inception_v3", preprocessing="torch", drop_rate=0.5,
-                 torchvision_name="inception_v3", timm_name="inception_v3", **_IMAGENET),
-        ModelCfg("inception_v3_keras", "keras.applications.InceptionV3", preprocessing="tf", keras_app="InceptionV3",
-                 kwargs=dict(bn_scale=False, pool_padding="same", bn_momentum=0.01), **_IMAGENET),
+                 exact=("torchvision", "timm"), **_REFERENCES, **_IMAGENET),
+        ModelCfg("inception_v3_keras", "keras.applications.InceptionV3", preprocessing="tf", exact=("keras",),
+                 kwargs=dict(bn_scale=False, pool_padding="same", bn_momentum=0.01), **_REFERENCES, **_IMAGENET),
         ModelCfg("inception_v3_cifar", "seed inception_v3_slim (stem replaced by one 3x3 conv)",
                  input_size=(3, 32, 32), min_input_size=(3, 32, 32), num_classes=10, preprocessing="cifar",
                  crop_pct=1.0, first_conv="Conv2d_1a_3x3.conv", aux_classifier="AuxLogits.fc",

@@ -317,7 +317,11 @@ def _torch_guess(layout: str, shapes: Mapping[str, tuple[int, ...]]) -> str | No
 
 
 KERAS_BN = dict(bn_eps=1.001e-5, bn_momentum=0.01)
+# Keras' ResNet (v1: conv biases, stride on the first 1x1) and ResNetV2 (pre-activation, conv biases).
+KERAS_V1 = dict(bias=True, stride_on_3x3=False, **KERAS_BN)
+KERAS_V2 = dict(preact=True, bias=True, **KERAS_BN)
 _IMAGENET = dict(input_size=(3, 224, 224), first_conv="conv1.conv")
+_KERAS = dict(exact=("keras",), **_IMAGENET)
 _CIFAR = dict(input_size=(3, 32, 32), num_classes=10, preprocessing="cifar", crop_pct=1.0, first_conv="conv1.conv")
 
 
@@ -331,32 +335,27 @@ FAMILY = Family(
     builder=ResNet,
     models=(
         ModelCfg("resnet50", "keras.applications.ResNet50", keras_app="ResNet50", preprocessing="caffe",
-                 kwargs=dict(stages=imagenet_stages(DEPTHS[50]), bias=True, stride_on_3x3=False, **KERAS_BN),
-                 **_IMAGENET),
+                 kwargs=dict(stages=imagenet_stages(DEPTHS[50]), **KERAS_V1), **_KERAS),
         ModelCfg("resnet50v2", "keras.applications.ResNet50V2", keras_app="ResNet50V2", preprocessing="tf",
-                 kwargs=dict(stages=_v2(imagenet_stages(DEPTHS[50])), preact=True, bias=True, **KERAS_BN), **_IMAGENET),
+                 kwargs=dict(stages=_v2(imagenet_stages(DEPTHS[50])), **KERAS_V2), **_KERAS),
         ModelCfg("resnet101", "keras.applications.ResNet101", keras_app="ResNet101", preprocessing="caffe",
-                 kwargs=dict(stages=imagenet_stages(DEPTHS[101]), bias=True, stride_on_3x3=False, **KERAS_BN),
-                 **_IMAGENET),
+                 kwargs=dict(stages=imagenet_stages(DEPTHS[101]), **KERAS_V1), **_KERAS),
         ModelCfg("resnet101v2", "keras.applications.ResNet101V2", keras_app="ResNet101V2", preprocessing="tf",
-                 kwargs=dict(stages=_v2(imagenet_stages(DEPTHS[101])), preact=True, bias=True, **KERAS_BN),
-                 **_IMAGENET),
+                 kwargs=dict(stages=_v2(imagenet_stages(DEPTHS[101])), **KERAS_V2), **_KERAS),
         ModelCfg("resnet152", "keras.applications.ResNet152", keras_app="ResNet152", preprocessing="caffe",
-                 kwargs=dict(stages=imagenet_stages(DEPTHS[152]), bias=True, stride_on_3x3=False, **KERAS_BN),
-                 **_IMAGENET),
+                 kwargs=dict(stages=imagenet_stages(DEPTHS[152]), **KERAS_V1), **_KERAS),
         ModelCfg("resnet152v2", "keras.applications.ResNet152V2", keras_app="ResNet152V2", preprocessing="tf",
-                 kwargs=dict(stages=_v2(imagenet_stages(DEPTHS[152])), preact=True, bias=True, **KERAS_BN),
-                 **_IMAGENET),
+                 kwargs=dict(stages=_v2(imagenet_stages(DEPTHS[152])), **KERAS_V2), **_KERAS),
         ModelCfg("resnext50_32x4d", "torchvision/timm resnext50_32x4d", torchvision_name="resnext50_32x4d",
-                 timm_name="resnext50_32x4d", kwargs=dict(stages=imagenet_stages(DEPTHS[50], width_mult=2), groups=32),
-                 **_IMAGENET),
-        ModelCfg("resnext101_32x4d", "torchvision/timm resnext101_32x4d", timm_name="resnext101_32x4d",
+                 timm_name="resnext50_32x4d", exact=("torchvision", "timm"),
+                 kwargs=dict(stages=imagenet_stages(DEPTHS[50], width_mult=2), groups=32), **_IMAGENET),
+        ModelCfg("resnext101_32x4d", "timm resnext101_32x4d", timm_name="resnext101_32x4d", exact=("timm",),
                  kwargs=dict(stages=imagenet_stages(DEPTHS[101], width_mult=2), groups=32), **_IMAGENET),
         ModelCfg("resnext101_32x8d", "torchvision/timm resnext101_32x8d", torchvision_name="resnext101_32x8d",
-                 timm_name="resnext101_32x8d",
+                 timm_name="resnext101_32x8d", exact=("torchvision", "timm"),
                  kwargs=dict(stages=imagenet_stages(DEPTHS[101], width_mult=4), groups=32), **_IMAGENET),
         ModelCfg("resnext101_64x4d", "torchvision/timm resnext101_64x4d", torchvision_name="resnext101_64x4d",
-                 timm_name="resnext101_64x4d",
+                 timm_name="resnext101_64x4d", exact=("torchvision", "timm"),
                  kwargs=dict(stages=imagenet_stages(DEPTHS[101], width_mult=4), groups=64), **_IMAGENET),
         ModelCfg("resnext29_8x64d", "ResNeXt paper, CIFAR (Xie et al., 2017)",
                  kwargs=dict(stages=cifar_resnext_stages(8, 64), groups=8, stem="cifar"), **_CIFAR),

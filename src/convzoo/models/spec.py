@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..preprocess import MODES, mode_stats
 
 INTERPOLATIONS = ("bilinear", "bicubic")
+LIBRARIES = ("keras", "timm", "torchvision")
 _HASH_LENGTHS = {"md5": 32, "sha256": 64}
 
 
@@ -42,8 +43,10 @@ class ModelCfg(Mapping):
     [-1, 1]), ``'caffe'`` (BGR, ImageNet mean subtracted, no scaling), ``'torch'`` (ImageNet mean/std) or the
     seed's ``'cifar'``. ``min_input_size`` is the smallest (C, H, W) the model accepts (Keras' minimum for
     the ImageNet models; the model checks it). ``keras_app``, ``timm_name`` and ``torchvision_name`` name the
-    reference constructors this model reproduces exactly (same parameters, same outputs), for the parity tests,
-    ``verify-import`` and ``bench``. ``aux_classifier``: the classifier of an optional auxiliary head
+    same network in those libraries (``bench`` runs beside them); ``exact`` lists the libraries among
+    :data:`LIBRARIES` whose network this model reproduces exactly, conventions included (same parameters,
+    same outputs on the same weights): those the parity and count tests and ``verify-import`` compare with.
+    ``aux_classifier``: the classifier of an optional auxiliary head
     (Inception's ``AuxLogits.fc``), whose parent module is the head. ``family`` and ``builder`` are filled in
     by the :class:`Family` that lists the model.
     """
@@ -64,12 +67,24 @@ class ModelCfg(Mapping):
     keras_app: str | None = None
     timm_name: str | None = None
     torchvision_name: str | None = None
+    exact: tuple[str, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     family: str = ""
     builder: Callable[..., nn.Module] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_transform(self.name, self.preprocessing, self.interpolation, self.crop_pct)
+        unnamed = [lib for lib in self.exact if lib not in LIBRARIES or self.reference_name(lib) is None]
+        if unnamed:
+            raise ConfigError(f"{self.name}: exact names {', '.join(unnamed)} without a reference of that library")
+
+    def reference_name(self, library: str) -> str | None:
+        """The name of this network in ``library`` ('keras', 'timm' or 'torchvision'), or None."""
+        return {"keras": self.keras_app, "timm": self.timm_name, "torchvision": self.torchvision_name}[library]
+
+    def exact_reference(self, library: str) -> str | None:
+        """The reference of ``library`` this model reproduces exactly, or None."""
+        return self.reference_name(library) if library in self.exact else None
 
     @property
     def mean(self) -> tuple[float, ...]:

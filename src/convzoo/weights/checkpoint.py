@@ -72,7 +72,7 @@ def model_args_of(model: nn.Module) -> dict[str, Any]:
         args["input_size"] = list(cfg.input_size[1:])
     if model.drop_rate != registered.drop_rate:
         args["drop_rate"] = model.drop_rate
-    if getattr(model, "AuxLogits", None) is not None:
+    if model.aux_logits:
         args["aux_logits"] = True
     return args
 

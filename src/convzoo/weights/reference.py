@@ -1,5 +1,5 @@
 """Keras references for ``convzoo verify-import``: building the ``keras.applications`` model a registered
-model reproduces (its ``ModelCfg.keras_app``) and loading a Keras weight file into it with Keras' own loader.
+model reproduces (``ModelCfg.exact_reference('keras')``) and loading a Keras weight file into it with Keras' own loader.
 
 Keras is an optional dependency: :func:`require_keras` turns its absence into one :class:`ConvzooError` line.
 """

@@ -247,12 +247,13 @@ class KerasCheck:
 
 def prepare_keras_check(path: str | Path, model_name: str) -> KerasCheck:
     """Load the Keras file at ``path`` into registered model ``model_name`` (with or without its classifier,
-    as the file has it) and, with Keras' own loader, into the Keras application the model reproduces.
+    as the file has it) and, with Keras' own loader, into the Keras application the model reproduces exactly.
     Raises :class:`ConvzooError` for a model without a Keras reference or without Keras installed, and
     :class:`WeightsError` for a file that is not a Keras file or belongs to another model."""
     cfg = get_model_cfg(model_name)
-    if cfg.keras_app is None:
-        known = [n for n in list_models() if get_model_cfg(n).keras_app]
+    app = cfg.exact_reference("keras")
+    if app is None:
+        known = [n for n in list_models() if get_model_cfg(n).exact_reference("keras")]
         raise ConvzooError(f"{model_name} has no Keras reference (it reproduces {cfg.reference}); verify-import "
                            f"compares these with keras.applications: {', '.join(known)}")
     fmt, file = formats.detect_format(path)
@@ -266,6 +267,6 @@ def prepare_keras_check(path: str | Path, model_name: str) -> KerasCheck:
     include_top = any(layer.name == "predictions" for layer in layers)
     model = build_model(cfg.name, **({} if include_top else {"include_top": False, "pooling": "avg"}))
     load_weights(model, file)
-    keras_model = build_keras_reference(cfg.keras_app, include_top)
+    keras_model = build_keras_reference(app, include_top)
     load_into_keras(keras_model, file, fmt, layout)
-    return KerasCheck(file, fmt, cfg.keras_app, model, keras_model)
+    return KerasCheck(file, fmt, app, model, keras_model)
