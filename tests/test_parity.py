@@ -111,7 +111,9 @@ def test_keras_parity(keras_ref, app, writer):
         out = model(torch.from_numpy(ref.x).permute(0, 3, 1, 2)).numpy()
     assert ref.logits.std() > 0.5
     diff = np.abs(out - ref.logits).max()
-    assert diff < TOL, f"{app} via {writer}: max abs diff {diff:.3g}"
+    # The deep ResNets' float32 rounding grows with the depth: verify-import's rule, 1e-5 of the largest logit.
+    tol = TOL + (1e-5 * np.abs(ref.logits).max() if app in SLOW_APPS else 0.0)
+    assert diff < tol, f"{app} via {writer}: max abs diff {diff:.3g}, max |logit| {np.abs(ref.logits).max():.3g}"
 
 
 def _sane_init_(model: nn.Module, x: torch.Tensor) -> None:

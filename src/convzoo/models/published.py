@@ -4,8 +4,8 @@ file name, evaluation transform and acc@1 in its weights enums) and timm's relea
 
 from __future__ import annotations
 
-from .spec import WeightRecord
 from ..preprocess import mode_stats
+from .spec import WeightRecord
 
 KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
 TORCHVISION_BASE = "https://download.pytorch.org/models/"

@@ -37,7 +37,7 @@ class LoadReport:
     """What :func:`load_weights` did: the file, its ``format`` and key ``layout``, the convzoo keys
     ``loaded``, the classifier tensors ``skipped`` (with why), and ``missing``/``unexpected``/``mismatched``
     entries (empty after a strict load; with ``strict=False`` what was left out), ``notes`` (conversions,
-    BatchNorm conventions, folds) and the :class:`~.records.WeightRecord` attached to the model."""
+    BatchNorm conventions, folds) and the :class:`~convzoo.models.spec.WeightRecord` attached to the model."""
 
     path: str
     format: str
