@@ -25,9 +25,11 @@ demo: $(STAMP)
 	$(BIN)/convzoo compare runs/demo --out runs/demo/compare.png
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
+	$(BIN)/lint-imports
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 -m '' $(PYTEST_ARGS)
 
 # On a machine with a CUDA GPU and no network: the CUDA tests, the GPU benchmarks and training runs, on the

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import convzoo
-from convzoo.bench import markdown_table, run_bench
+from convzoo.bench import _jobs, results_table, run_bench
 from convzoo.cli import main
 from convzoo.optimize import fuse_batchnorm, optimize_for_inference
 
@@ -34,9 +34,22 @@ def test_run_bench_rows_and_ratios():
                       "convzoo rows in the trainer's process state",
                       "resnext50_32x4d infer convzoo eager", "resnext50_32x4d infer convzoo optimized",
                       "resnext50_32x4d train convzoo eager"]
-    table = markdown_table(rows).splitlines()
+    table = results_table(rows).splitlines()
     assert len(table) == 2 + len(rows)
     assert all(line.count("|") == table[0].count("|") for line in table)
+
+
+@pytest.mark.parametrize("name, impls", [
+    ("xception", ["timm NCHW", "timm channels_last", "keras (torch backend)"]),
+    ("xception_timm", ["timm NCHW", "timm channels_last", "keras (torch backend)"]),
+    ("inception_v3_keras", ["timm NCHW", "timm channels_last", "keras (torch backend)"]),
+    ("resnext50_32x4d", ["timm NCHW", "timm channels_last"]),
+    ("resnext29_32x4d", []),
+])
+def test_references_are_the_same_network_in_timm_and_keras(name, impls):
+    """The registry's timm_name/keras_app: conventions may differ (xception beside timm's legacy_xception)."""
+    jobs = _jobs(name, "infer", torch.zeros(1, 3, 32, 32), 1, ("eager",), ("timm", "keras"))
+    assert [j.impl for j in jobs] == ["convzoo eager", *impls]
 
 
 def test_run_bench_against_plain():

@@ -1,6 +1,7 @@
 """convzoo checkpoints: round trips rebuild the same model, the config comes back, writes are atomic,
 and broken or foreign files are one-line CheckpointErrors."""
 
+import errno
 import json
 import os
 from dataclasses import replace
@@ -12,7 +13,7 @@ from safetensors.torch import save_file
 import convzoo
 from helpers import randomize_
 from convzoo import load_checkpoint, save_checkpoint
-from convzoo.errors import CheckpointError
+from convzoo.errors import CheckpointError, OutputError
 from convzoo.registry import model_kwargs_from_json
 from convzoo.weights import read_checkpoint
 from convzoo.weights.checkpoint import model_args_of
@@ -100,10 +101,10 @@ def test_overwrite_is_atomic(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def crash(src, dst):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"cannot write .*m\.safetensors: No space left on device"):
         save_checkpoint(randomize_(model, seed=1), path, extra={"v": 2})
     monkeypatch.undo()
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]

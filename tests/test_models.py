@@ -1,13 +1,19 @@
 """Every registered model: shapes, gradients, determinism, parameter counts, features, export."""
 
+import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 import convzoo
 from convzoo.errors import ConfigError, InputShapeError, UnknownModelError
+from convzoo.layers import init_keras_
+from convzoo.models.base import LogitsWithAux, logits_of
+from convzoo.optimize import fuse_batchnorm
 from convzoo.summary import count_params
+from helpers import randomize_
 
 MODELS = convzoo.list_models()
 
@@ -204,11 +210,115 @@ def test_inception_depth_multiplier_and_slim_endpoints():
     assert ends["Logits"].shape == (1, 1000)
 
 
-def test_inception_aux_logits_in_training_mode():
-    model = convzoo.create_model("inception_v3", aux_logits=True, num_classes=7, depth_multiplier=0.25).train()
-    logits, aux = model(torch.randn(2, 3, 299, 299))
-    assert logits.shape == aux.shape == (2, 7)
+def test_inception_aux_logits_in_every_mode():
+    """Built with the auxiliary head, the model returns the named pair in training and in eval mode; built
+    without it, a tensor."""
+    model = convzoo.create_model("inception_v3", aux_logits=True, num_classes=7, depth_multiplier=0.25)
+    x = torch.randn(2, 3, 299, 299)
+    for mode in (True, False):
+        out = model.train(mode)(x)
+        assert isinstance(out, LogitsWithAux) and out.logits.shape == out.aux_logits.shape == (2, 7)
+        assert logits_of(out) is out.logits
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, model.forward_head(model.forward_features(x)))
     with pytest.raises(InputShapeError, match="auxiliary classifier needs a 17x17"):
         model(torch.randn(2, 3, 75, 75))
-    model.eval()
-    assert model(torch.randn(1, 3, 75, 75)).shape == (1, 7)
+    plain = convzoo.create_model("inception_v3", num_classes=7, depth_multiplier=0.25)
+    for mode in (True, False):
+        out = plain.train(mode)(torch.randn(2, 3, 75, 75))
+        assert isinstance(out, torch.Tensor) and out.shape == (2, 7)
+
+
+def test_features_only_out_of_range_is_an_error():
+    n = len(convzoo.create_model("resnet50").feature_info)
+    for bad in ((n,), (-n - 1,), (0, 7), ()):
+        with pytest.raises(ConfigError, match=rf"out_indices must lie in \[-{n}, {n}\)"):
+            convzoo.create_model("resnet50", features_only=True, out_indices=bad)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_minimum_input_size_is_the_registered_one(name, built):
+    """The model refuses what its registered min_input_size refuses, and takes that size."""
+    model = built(name).eval()
+    m = small_size(name)
+    with pytest.raises(InputShapeError, match=f"at least {m}x{m}, got {m - 1}x{m}"):
+        model(torch.randn(1, 3, m - 1, m))
+    with torch.no_grad():
+        assert logits_of(model(torch.randn(1, 3, m, m))).shape == (1, model.num_classes)
+
+
+def test_builder_arguments_are_checked_and_builder_bugs_keep_their_traceback(monkeypatch):
+    with pytest.raises(ConfigError, match="takes no argument depth_multiplyer; its builder's arguments: .*aux_logits"):
+        convzoo.create_model("inception_v3", depth_multiplyer=0.5)
+    with pytest.raises(ConfigError, match=r"aux_logits: expected true or false, got 'yes'"):
+        convzoo.create_model("inception_v3", aux_logits="yes")
+    with pytest.raises(ConfigError, match=r"kernel_init: expected one of 'glorot_uniform', 'he_normal', got 'orth"):
+        convzoo.create_model("xception_cifar", kernel_init="orthogonal")
+    with pytest.raises(ConfigError, match="kernel_init must be one of glorot_uniform, he_normal"):
+        init_keras_(torch.nn.Linear(2, 2), "orthogonal")
+    with pytest.raises(ConfigError, match="takes no argument global_pool"):
+        convzoo.create_model("resnet50", global_pool="max")
+
+    def broken(self, *args, **kwargs):
+        raise TypeError("a bug inside the builder")
+
+    monkeypatch.setattr(convzoo.get_model_cfg("resnet50").builder, "__init__", broken)
+    with pytest.raises(TypeError, match="a bug inside the builder"):
+        convzoo.create_model("resnet50")
+
+
+def test_model_cfg_is_a_pretrained_cfg_mapping():
+    """As timm's pretrained_cfg: keys, get, in, [] — plus mean/std in 0-1 units and the final map size."""
+    cfg = convzoo.get_model_cfg("resnet50")
+    assert cfg["crop_pct"] == cfg.crop_pct == 0.875 and cfg.get("input_size") == (3, 224, 224)
+    assert "input_size" in cfg and "builder" not in cfg and cfg.get("nothing") is None
+    assert {"mean", "std", "pool_size", "fixed_input_size", "min_input_size", "num_classes"} <= set(cfg)
+    assert cfg.pool_size == (7, 7) and cfg.fixed_input_size is False
+    assert cfg.mean == pytest.approx((103.939 / 255, 116.779 / 255, 123.68 / 255)) and cfg.std == (1 / 255,) * 3
+    assert convzoo.get_model_cfg("inception_v3")["mean"] == (0.485, 0.456, 0.406)
+    assert convzoo.get_model_cfg("xception")["std"] == (0.5, 0.5, 0.5)
+    assert convzoo.get_model_cfg("inception_v3").pool_size == (8, 8)
+    assert convzoo.get_model_cfg("xception").pool_size == (10, 10)
+    assert convzoo.create_model("resnet50", input_size=(64, 96)).default_cfg["pool_size"] == (2, 3)
+    with pytest.raises(KeyError):
+        cfg["url"]
+    with pytest.raises(ConfigError, match="interpolation must be one of bilinear, bicubic, got 'nearest'"):
+        replace(cfg, interpolation="nearest")
+    with pytest.raises(ConfigError, match="exact names timm without a reference of that library"):
+        replace(cfg, exact=("keras", "timm"))
+    assert cfg.exact_reference("keras") == "ResNet50" and cfg.exact_reference("timm") is None
+    assert convzoo.get_model_cfg("xception").reference_name("timm") == "legacy_xception"
+    assert convzoo.get_model_cfg("xception").exact_reference("timm") is None
+
+
+@pytest.mark.parametrize("name, groups", [
+    ("xception", {"block1": "entry flow", "block4": "entry flow", "block5": "middle flow", "block12": "middle flow",
+                  "block13": "exit flow", "block14": "exit flow"}),
+    ("xception_cifar_slim_thinner", {"block1": "entry flow", "block2": "middle flow", "block5": "middle flow",
+                                     "block6": "exit flow", "block7": "exit flow"}),
+    ("xception_cifar_tiny", {"block3": "entry flow", "block4": "middle flow", "block5": "exit flow"}),
+    ("inception_v3", {"Conv2d_1a_3x3": "stem", "maxpool2": "stem", "Mixed_5d": "35x35 grid",
+                      "Mixed_6a": "17x17 grid", "Mixed_6e": "17x17 grid", "Mixed_7a": "8x8 grid"}),
+    ("resnet50v2", {"conv1": "stem", "pool1": "stem", "conv2": "conv2", "conv5": "conv5", "post_bn": "conv5"}),
+])
+def test_stage_groups_come_from_the_table(name, groups):
+    model = convzoo.create_model(name)
+    found = model.stage_groups()
+    assert list(found) == model.stage_names
+    assert {k: found[k] for k in groups} == groups
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_conv_bn_pairs_fold_to_the_same_outputs(name, built):
+    """Every BatchNorm listed after a convolution folds into it; only the v2 pre-activations stay. (Logits
+    of deep random networks reach 1e8: the tolerance is relative to them.)"""
+    model = randomize_(copy.deepcopy(built(name)))
+    pairs = model.conv_bn_pairs()
+    bns = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {b for _, b in pairs} == {n for n in bns if not n.endswith(("preact_bn", "post_bn.bn"))}
+    fused = fuse_batchnorm(copy.deepcopy(model))
+    s = small_size(name)
+    x = torch.randn(2, 3, s, s)
+    with torch.no_grad():
+        expected = model(x)
+        assert (fused(x) - expected).abs().max() <= 1e-4 + 1e-5 * expected.abs().max()

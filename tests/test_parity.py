@@ -15,13 +15,17 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import convzoo  # noqa: E402
+from convzoo.models.base import logits_of  # noqa: E402
 
 TOL = 1e-4
-# Keras application -> convzoo model built from the same table.
-KERAS_APPS = {"Xception": "xception", "InceptionV3": "inception_v3_keras", "ResNet50": "resnet50",
-              "ResNet50V2": "resnet50v2"}
-KERAS_CASES = [(app, writer) for app in KERAS_APPS for writer in ("legacy_h5", "weights_h5")]
+CFGS = [convzoo.get_model_cfg(n) for n in convzoo.list_models()]
+# Keras application -> the registered model that reproduces it exactly (ModelCfg.exact_reference).
+KERAS_APPS = {cfg.exact_reference("keras"): cfg.name for cfg in CFGS if cfg.exact_reference("keras")}
+# The deep ResNets take over 20 s each in Keras: they run with the slow tests, one writer each.
+SLOW_APPS = ("ResNet101", "ResNet152", "ResNet101V2", "ResNet152V2")
+KERAS_CASES = [(app, writer) for app in KERAS_APPS if app not in SLOW_APPS for writer in ("legacy_h5", "weights_h5")]
 KERAS_CASES += [("ResNet50V2", "whole_model_h5"), ("ResNet50", "keras_archive")]
+KERAS_CASES += [pytest.param(app, "legacy_h5", marks=pytest.mark.slow) for app in KERAS_APPS if app in SLOW_APPS]
 
 
 @dataclass
@@ -107,7 +111,9 @@ def test_keras_parity(keras_ref, app, writer):
         out = model(torch.from_numpy(ref.x).permute(0, 3, 1, 2)).numpy()
     assert ref.logits.std() > 0.5
     diff = np.abs(out - ref.logits).max()
-    assert diff < TOL, f"{app} via {writer}: max abs diff {diff:.3g}"
+    # The deep ResNets' float32 rounding grows with the depth: verify-import's rule, 1e-5 of the largest logit.
+    tol = TOL + (1e-5 * np.abs(ref.logits).max() if app in SLOW_APPS else 0.0)
+    assert diff < tol, f"{app} via {writer}: max abs diff {diff:.3g}, max |logit| {np.abs(ref.logits).max():.3g}"
 
 
 def _sane_init_(model: nn.Module, x: torch.Tensor) -> None:
@@ -147,14 +153,11 @@ def _timm(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=False)
 
 
-# (reference builder, reference name, convzoo model)
-TORCH_CASES = {
-    "torchvision-inception_v3": (_torchvision, "inception_v3", "inception_v3"),
-    "torchvision-resnext50_32x4d": (_torchvision, "resnext50_32x4d", "resnext50_32x4d"),
-    "timm-legacy_xception": (_timm, "legacy_xception", "xception_timm"),
-    "timm-inception_v3": (_timm, "inception_v3", "inception_v3"),
-    "timm-resnext50_32x4d": (_timm, "resnext50_32x4d", "resnext50_32x4d"),
-}
+# "source-reference" -> (reference builder, reference name, convzoo model), from the torchvision and timm
+# references the registered models reproduce exactly.
+TORCH_CASES = {f"{source}-{cfg.exact_reference(source)}": (build, cfg.exact_reference(source), cfg.name)
+               for cfg in CFGS for source, build in (("torchvision", _torchvision), ("timm", _timm))
+               if cfg.exact_reference(source)}
 
 
 @pytest.mark.parametrize("case", list(TORCH_CASES))
@@ -178,7 +181,7 @@ def test_torch_parity(case, tmp_path):
         report = convzoo.load_weights(model, tmp_path / file)
         assert report.complete, report
         with torch.no_grad():
-            diff = (model(x) - expected).abs().max().item()
+            diff = (logits_of(model(x)) - expected).abs().max().item()
         assert diff < TOL, f"{case} from {file}: max abs diff {diff:.3g}"
         if has_aux:
             grid = torch.randn(1, 768, 17, 17, generator=torch.Generator().manual_seed(3))

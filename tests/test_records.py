@@ -19,6 +19,8 @@ import convzoo
 from convzoo.cli import main
 from convzoo.errors import WeightsError
 from convzoo.data.transforms import ImageTransform
+from convzoo import registry
+from convzoo.models.spec import WeightRecord
 from convzoo.preprocess import mode_stats
 from convzoo.weights import records
 from convzoo.weights.layouts import fit_kernel
@@ -35,7 +37,7 @@ def _run(capsys, *argv):
     return code, out, err
 
 
-def _published(path: Path, preprocessing: str, model: str = "resnext29_32x4d") -> records.WeightRecord:
+def _published(path: Path, preprocessing: str, model: str = "resnext29_32x4d") -> WeightRecord:
     """A record naming ``path`` as a published file, with its SHA-256 and ``preprocessing``."""
     mean, std, _ = mode_stats(preprocessing)
     found = records.record_for_file(convzoo.get_model_cfg(model), path, "test", True)
@@ -47,7 +49,7 @@ def _published(path: Path, preprocessing: str, model: str = "resnext29_32x4d") -
 
 
 def test_record_table_is_honest():
-    by_name = {r.name: r for r in records.list_records()}
+    by_name = {r.name: r for r in registry.list_records()}
     assert {n: by_name[n].top1 for n in ("xception.keras", "inception_v3_keras.keras", "resnet50.keras",
                                          "resnet50v2.keras", "inception_v3.torchvision",
                                          "resnext50_32x4d.torchvision")} == {
@@ -73,7 +75,7 @@ def test_weights_list_command(capsys):
     code, out, _ = _run(capsys, "weights", "list")
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:3] == ["record", "source", "file"]
-    assert len(lines) == 2 + len(records.list_records())
+    assert len(lines) == 2 + len(registry.list_records())
     code, out, _ = _run(capsys, "weights", "list", "resnet50", "--json")
     rows = json.loads(out)
     assert code == 0 and [r["name"] for r in rows] == ["resnet50.keras", "resnet50.keras_notop"]
@@ -109,7 +111,7 @@ def test_file_named_like_a_published_one_must_match_its_hash(tmp_path, capsys):
     torch.save({"fc.weight": torch.zeros(1)}, fake)
     code, _, err = _run(capsys, "predict", "--model", "resnext50_32x4d", "--weights", fake, photo)
     assert code == 2 and err.count("\n") == 1 and err.startswith("convzoo: error:")
-    assert "sha256 is" in err and "expected 7cdf4587" in err and "resnext50_32x4d.torchvision" in err
+    assert "expected sha256 7cdf4587, found" in err and "resnext50_32x4d.torchvision" in err
 
 
 # Preprocessing travels with the weights
@@ -146,11 +148,11 @@ def _top1(capsys, *argv):
 @pytest.mark.parametrize("via", ["published file", "checkpoint"])
 def test_predict_uses_the_recorded_preprocessing(caffe_case, monkeypatch, tmp_path, capsys, via):
     path, image, answers = caffe_case
-    monkeypatch.setitem(records.RECORDS, "resnext29_32x4d", (_published(path, "caffe"),))
+    monkeypatch.setitem(registry.RECORDS, "resnext29_32x4d", (_published(path, "caffe"),))
     args = ("--model", "resnext29_32x4d", "--weights", path)
     if via == "checkpoint":
         model = convzoo.create_model("resnext29_32x4d", weights=path)
-        monkeypatch.setitem(records.RECORDS, "resnext29_32x4d", ())
+        monkeypatch.setitem(registry.RECORDS, "resnext29_32x4d", ())
         args = ("--weights", convzoo.save_checkpoint(model, tmp_path / "ck.safetensors"))
     top, err = _top1(capsys, *args, image)
     assert top == answers["caffe"] and err == ""
@@ -162,16 +164,16 @@ def test_predict_uses_the_recorded_preprocessing(caffe_case, monkeypatch, tmp_pa
 
 
 def test_eval_uses_the_recorded_preprocessing(caffe_case, monkeypatch, tmp_path, capsys):
-    from convzoo.train.build import NORMALIZATION
+    from convzoo.preprocess import mode_stats
     from convzoo.train.evaluate import _from_checkpoint
 
     path, _, _ = caffe_case
-    monkeypatch.setitem(records.RECORDS, "resnext29_32x4d", (_published(path, "tf"),))
+    monkeypatch.setitem(registry.RECORDS, "resnext29_32x4d", (_published(path, "tf"),))
     data = write_cifar(tmp_path / "cifar", 50, n_test=20)
     classes = (data / "batches.meta.txt").read_text().split()
     ck = convzoo.save_checkpoint(convzoo.create_model("resnext29_32x4d", weights=path), tmp_path / "ck.safetensors",
                                  class_names=classes)
-    assert _from_checkpoint(ck).mean == NORMALIZATION["tf"][0]
+    assert _from_checkpoint(ck).mean == mode_stats("tf")[0]
     runs = {}
     for flag in ((), ("--preprocessing", "tf"), ("--preprocessing", "caffe")):
         code, out, err = _run(capsys, "eval", ck, "--data", data, "--json", "--device", "cpu", *flag)
@@ -187,7 +189,8 @@ def test_eval_uses_the_recorded_preprocessing(caffe_case, monkeypatch, tmp_path,
 
 def test_transform_input_fold_matches_torchvision(tmp_path, monkeypatch):
     """torchvision weights that expect transform_input: the folded convzoo model, fed 'torch'-preprocessed
-    inputs, equals torchvision's inception_v3(transform_input=True) on the same random weights."""
+    inputs, equals torchvision's inception_v3(transform_input=True) on the same random weights. The fold
+    follows the file's contents: a renamed copy is folded too, the same file without a record is not."""
     import torchvision
 
     from convzoo.preprocess import preprocess_input
@@ -198,21 +201,25 @@ def test_transform_input_fold_matches_torchvision(tmp_path, monkeypatch):
     _sane_init_(ref, x)
     path = tmp_path / "inception_v3_google-0cc3c7bd.pth"
     torch.save(ref.state_dict(), path)
-    published = records.RECORDS["inception_v3"][0]
+    published = registry.RECORDS["inception_v3"][0]
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    monkeypatch.setitem(records.RECORDS, "inception_v3", (replace(published, hash=f"sha256:{sha}"),))
-    model = convzoo.create_model("inception_v3", aux_logits=True)
-    report = convzoo.load_weights(model, path)
-    model.eval()
-    assert any("transform_input folded into Conv2d_1a_3x3.conv" in n for n in report.notes)
-    assert model.weights_meta.preprocessing == "torch" and model.weights_meta.transform_input
+    monkeypatch.setitem(registry.RECORDS, "inception_v3", (replace(published, hash=f"sha256:{sha}"),))
     with torch.no_grad():
         expected = ref(x)
-        assert expected.std() > 0.5
-        assert (model(x) - expected).abs().max().item() < 1e-5
-    plain = convzoo.create_model("inception_v3", aux_logits=True, weights=_copy(path, tmp_path / "plain.pth")).eval()
+    assert expected.std() > 0.5
+    for file in (path, _copy(path, tmp_path / "renamed.pth")):
+        model = convzoo.create_model("inception_v3", aux_logits=True)
+        report = convzoo.load_weights(model, file)
+        model.eval()
+        assert any("transform_input folded into Conv2d_1a_3x3.conv" in n for n in report.notes), file
+        assert model.weights_meta.preprocessing == "torch" and model.weights_meta.transform_input
+        with torch.no_grad():
+            assert (model(x).logits - expected).abs().max().item() < 1e-5
+    monkeypatch.setitem(registry.RECORDS, "inception_v3", ())
+    plain = convzoo.create_model("inception_v3", aux_logits=True, weights=tmp_path / "renamed.pth").eval()
+    assert not plain.weights_meta.transform_input
     with torch.no_grad():
-        assert (plain(x) - expected).abs().max().item() > 1e-3
+        assert (plain(x).logits - expected).abs().max().item() > 1e-3
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -9,27 +9,12 @@ import torchvision
 import convzoo
 from convzoo.summary import count_params
 
-KERAS = {
-    "xception": "Xception",
-    "inception_v3_keras": "InceptionV3",
-    "resnet50": "ResNet50",
-    "resnet101": "ResNet101",
-    "resnet152": "ResNet152",
-    "resnet50v2": "ResNet50V2",
-    "resnet101v2": "ResNet101V2",
-    "resnet152v2": "ResNet152V2",
-}
-TORCHVISION = {
-    "inception_v3": dict(name="inception_v3", aux_logits=False, init_weights=False),
-    "resnext50_32x4d": dict(name="resnext50_32x4d"),
-    "resnext101_32x8d": dict(name="resnext101_32x8d"),
-}
-TIMM = {
-    "xception_timm": "legacy_xception",
-    "inception_v3": "inception_v3",
-    "resnext50_32x4d": "resnext50_32x4d",
-    "resnext101_32x4d": "resnext101_32x4d",
-}
+CFGS = [convzoo.get_model_cfg(n) for n in convzoo.list_models()]
+# The references each registered model reproduces exactly (ModelCfg.exact_reference), by model.
+KERAS, TORCHVISION, TIMM = ({c.name: c.exact_reference(lib) for c in CFGS if c.exact_reference(lib)}
+                            for lib in ("keras", "torchvision", "timm"))
+# torchvision's Inception V3 builds its auxiliary head unless told not to.
+TORCHVISION_KWARGS = {"inception_v3": dict(aux_logits=False, init_weights=False)}
 
 
 def ours(name: str, **kwargs) -> tuple[int, int, int]:
@@ -54,9 +39,9 @@ def test_keras_counts(name):
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION))
 def test_torchvision_counts(name):
-    kwargs = dict(TORCHVISION[name])
+    reference = TORCHVISION[name]
     with torch.device("meta"):
-        ref = torchvision.models.get_model(kwargs.pop("name"), **kwargs)
+        ref = torchvision.models.get_model(reference, **TORCHVISION_KWARGS.get(reference, {}))
     assert ours(name) == torch_counts(ref)
 
 

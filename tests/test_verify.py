@@ -20,9 +20,10 @@ from convzoo.cli import main
 from convzoo.errors import WeightsError
 from convzoo.weights import compare_with_keras, compare_with_torch
 
-from test_parity import _randomize_keras, _sane_init_
+from test_parity import KERAS_APPS, _randomize_keras, _sane_init_
 
-APPS = {"Xception": "xception", "InceptionV3": "inception_v3_keras", "ResNet50": "resnet50"}
+# One Keras application per family, with the registered model that reproduces it.
+APPS = {app: KERAS_APPS[app] for app in ("Xception", "InceptionV3", "ResNet50")}
 
 
 class Ref:

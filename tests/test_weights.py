@@ -22,6 +22,8 @@ from helpers import randomize_
 from convzoo.cli import main
 from convzoo.errors import ChecksumError, DownloadError, UnsafeFileError, WeightsError
 from convzoo.layers import ConvBnAct
+from convzoo import registry
+from convzoo.models.spec import WeightRecord
 from convzoo.weights import hub, records
 from convzoo.weights.keras_map import fold_grouped_conv, gconv_kernel
 
@@ -242,7 +244,8 @@ def test_weights_of_another_architecture_name_tensors(resnext, tmp_path):
     assert "missing [block1.conv1.weight" in msg and "Keras 'conv1_conv'" in msg and "more]" in msg
     ref = randomize_(convzoo.create_model("resnext29_32x4d"))
     torch.save(ref.state_dict(), tmp_path / "r29.pth")
-    with pytest.raises(WeightsError, match=r"does not fit resnet50: .*missing \[conv1\.conv\.bias"):
+    with pytest.raises(WeightsError, match=r"does not fit resnet50 \(it looks like resnext29_32x4d weights\): "
+                                           r".*missing \[conv1\.conv\.bias"):
         convzoo.load_weights(convzoo.create_model("resnet50"), tmp_path / "r29.pth")
 
 
@@ -387,13 +390,13 @@ def server(tmp_path, monkeypatch):
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setenv("CONVZOO_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(records, "RECORDS", {})
+    monkeypatch.setattr(registry, "RECORDS", {})
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}", httpd
     httpd.shutdown()
     httpd.server_close()
 
 
-def _entry(url: str, file_name: str, file_hash: str | None, **fields) -> records.WeightRecord:
+def _entry(url: str, file_name: str, file_hash: str | None, **fields) -> WeightRecord:
     """A published-file record for the local server (resnext29_32x4d's evaluation transform)."""
     base = records.record_for_file(convzoo.get_model_cfg("resnext29_32x4d"), Path(__file__), "test", True)
     return replace(base, **{"name": f"resnext29_32x4d.{file_name}", "source": "keras", "url": url,
@@ -417,7 +420,7 @@ def _serve_weights(root: Path, name: str = "r29.safetensors") -> tuple[nn.Module
 def test_imagenet_download_then_cache_hit(server, capsys):
     root, url, httpd = server
     ref, md5 = _serve_weights(root)
-    records.RECORDS["resnext29_32x4d"] = (_entry(f"{url}/r29.safetensors", "r29.safetensors", f"md5:{md5}"),)
+    registry.RECORDS["resnext29_32x4d"] = (_entry(f"{url}/r29.safetensors", "r29.safetensors", f"md5:{md5}"),)
     model = convzoo.create_model("resnext29_32x4d", weights="imagenet")
     _assert_same_state(ref, model)
     cached = hub.cache_dir() / "r29.safetensors"
@@ -435,7 +438,7 @@ def test_imagenet_sha256_prefix_and_preprocessing(server):
     _serve_weights(root, "r29-x.safetensors")
     sha = hashlib.sha256((root / "r29-x.safetensors").read_bytes()).hexdigest()
     entry = _entry(f"{url}/r29-x.safetensors", "r29-x.safetensors", f"sha256:{sha[:8]}", preprocessing="tf")
-    records.RECORDS["resnext29_32x4d"] = (entry,)
+    registry.RECORDS["resnext29_32x4d"] = (entry,)
     model = convzoo.create_model("resnext29_32x4d")
     report = convzoo.load_weights(model, "imagenet")
     assert report.record is entry and model.weights_meta is entry
@@ -445,15 +448,16 @@ def test_imagenet_sha256_prefix_and_preprocessing(server):
 def test_imagenet_wrong_hash_removes_download(server):
     root, url, _ = server
     _serve_weights(root)
-    records.RECORDS["resnext29_32x4d"] = (_entry(f"{url}/r29.safetensors", "r29.safetensors", "md5:" + "0" * 32),)
-    with pytest.raises(ChecksumError, match=r"r29\.safetensors: md5 is [0-9a-f]{32}, expected 0{32} .*removed"):
+    registry.RECORDS["resnext29_32x4d"] = (_entry(f"{url}/r29.safetensors", "r29.safetensors", "md5:" + "0" * 32),)
+    with pytest.raises(ChecksumError, match=r"r29\.safetensors: expected md5 0{32}, found [0-9a-f]{32} "
+                                            r"\(downloaded from http://.*; not kept\)"):
         convzoo.create_model("resnext29_32x4d", weights="imagenet")
     assert not hub.cache_dir().exists() or not any(hub.cache_dir().iterdir())
 
 
 def test_imagenet_corrupt_cached_file(server):
     _, url, _ = server
-    records.RECORDS["resnext29_32x4d"] = (_entry(f"{url}/r29.safetensors", "r29.safetensors", "md5:" + "0" * 32),)
+    registry.RECORDS["resnext29_32x4d"] = (_entry(f"{url}/r29.safetensors", "r29.safetensors", "md5:" + "0" * 32),)
     hub.cache_dir().mkdir(parents=True)
     (hub.cache_dir() / "r29.safetensors").write_bytes(b"junk")
     with pytest.raises(ChecksumError, match="delete it to download again"):
@@ -464,11 +468,11 @@ def test_imagenet_corrupt_cached_file(server):
 def test_imagenet_no_network(server, where):
     _, url, _ = server
     url = f"http://127.0.0.1:{_closed_port()}/w.h5" if where == "closed_port" else f"{url}/absent.h5"
-    records.RECORDS["resnext29_32x4d"] = (_entry(url, "w.h5", None),)
+    registry.RECORDS["resnext29_32x4d"] = (_entry(url, "w.h5", None),)
     with pytest.raises(DownloadError) as e:
         convzoo.create_model("resnext29_32x4d", weights="imagenet")
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith("could not download w.h5 from")
+    assert "\n" not in msg and msg.startswith(f"could not download {url} (")
     assert f"put it at {hub.cache_dir() / 'w.h5'}" in msg
     assert not any(hub.cache_dir().iterdir())
 
@@ -478,7 +482,7 @@ def test_imagenet_selection(server):
     top = _entry(f"{url}/top.h5", "top.h5", None)
     notop = _entry(f"{url}/notop.h5", "notop.h5", None, include_top=False)
     tv = _entry(f"{url}/tv.pth", "tv.pth", None, source="torchvision")
-    records.RECORDS["resnext50_32x4d"] = (tv, top, notop)
+    registry.RECORDS["resnext50_32x4d"] = (tv, top, notop)
     assert hub.select("resnext50_32x4d") is tv
     assert hub.select("resnext50_32x4d", "imagenet:keras", num_classes=0) is notop
     assert hub.select("resnext50_32x4d", "imagenet:keras", num_classes=1000) is top
@@ -490,7 +494,7 @@ def test_imagenet_selection(server):
 
 def test_published_table_entries():
     """Every entry names a registered model, a file name matching its URL and a well-formed hash."""
-    for name, files in records.RECORDS.items():
+    for name, files in registry.RECORDS.items():
         convzoo.get_model_cfg(name)
         for f in files:
             assert f.model == name and f.url.endswith("/" + f.file_name)

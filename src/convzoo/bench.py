@@ -13,6 +13,9 @@ multiply-accumulates per image, achieved GFLOP/s (2 FLOP per MAC; a training ste
 pass) and that as a fraction of a dense matrix multiply measured on the same device in the same run
 (fp32 2048^3 on the CPU, bf16 8192^3 on CUDA).
 
+The references of a model are the same network in timm and Keras, as its registered configuration names
+them (``timm_name``, ``keras_app``; conventions such as BatchNorm epsilon may differ).
+
 convzoo runtimes: ``eager`` (NCHW, fp32), ``channels_last`` (model and input), ``bf16`` (channels-last
 and bfloat16 autocast; fp32 weights), ``optimized`` (inference: BatchNorm folded, channels-last; bf16 on
 CUDA), ``compile`` (:func:`torch.compile` of the channels-last model, BatchNorm folded for inference;
@@ -23,25 +26,28 @@ default SGD, the bf16 references the fused one.
 
 from __future__ import annotations
 
-import argparse
-import json
+import logging
+import os
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
-from .runtime import DEVICES, resolve_device
+from .factory import create_model
+from .models.base import logits_of
+from .optimize import optimize_for_inference, tune_cpu_allocator
+from .registry import get_model_cfg
+from .runtime import OnnxRuntimeModel, autocast, resolve_device
+from .summary import count_macs
+from .utils.tables import markdown_table
 
-TIMM_NAMES = {"xception": "legacy_xception", "xception_timm": "legacy_xception", "inception_v3": "inception_v3",
-              "inception_v3_keras": "inception_v3", "resnext50_32x4d": "resnext50_32x4d",
-              "resnext101_32x4d": "resnext101_32x4d", "resnext101_32x8d": "resnext101_32x8d"}
-KERAS_NAMES = {"xception": "Xception", "inception_v3_keras": "InceptionV3", "inception_v3": "InceptionV3",
-               "resnet50": "ResNet50", "resnet50v2": "ResNet50V2"}
-RUNTIMES = ("eager", "channels_last", "bf16", "optimized", "compile", "onnxruntime")
+_logger = logging.getLogger(__name__)
+
+BENCH_RUNTIMES = ("eager", "channels_last", "bf16", "optimized", "compile", "onnxruntime")
 INFERENCE_ONLY = ("optimized", "onnxruntime")
 REFERENCES = ("plain", "timm", "keras")
 COMPILE_MODE = {"cpu": "default", "cuda": "reduce-overhead"}
@@ -154,10 +160,6 @@ def matmul_gflops(device: torch.device, repeats: int = 5) -> Matmul:
     return Matmul(2 * n**3 / statistics.median(times) / 1e9, name, n)
 
 
-def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
 def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
     torch.compiler.reset()
     return torch.compile(model, mode=COMPILE_MODE[device.type])
@@ -165,7 +167,7 @@ def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
 
 def _infer_step(model: Callable[[torch.Tensor], object], x: torch.Tensor, bf16: bool = False) -> Step:
     def step():
-        with torch.inference_mode(), _autocast(x.device, bf16):
+        with torch.inference_mode(), autocast(x.device, bf16):
             return model(x)
     return step
 
@@ -177,9 +179,8 @@ def _train_step(model: nn.Module, x: torch.Tensor, n_classes: int, bf16: bool = 
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with _autocast(x.device, bf16):
-            out = model(x)
-            loss = nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+        with autocast(x.device, bf16):
+            loss = nn.functional.cross_entropy(logits_of(model(x)), y)
         loss.backward()
         opt.step()
     return step
@@ -190,15 +191,10 @@ def _channels_last(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.
 
 
 def _convzoo_model(name: str, x: torch.Tensor) -> nn.Module:
-    from .registry import create_model
-
     return create_model(name, input_size=tuple(x.shape[-2:])).to(x.device)
 
 
 def _convzoo_step(name: str, runtime: str, mode: str, x: torch.Tensor) -> Step:
-    from .optimize import optimize_for_inference
-    from .runtime import OnnxRuntimeModel
-
     model = _convzoo_model(name, x)
     cuda = x.device.type == "cuda"
     bf16 = runtime == "bf16" or (cuda and runtime in ("optimized", "compile"))
@@ -231,19 +227,18 @@ def _reference_step(model: nn.Module, variant: Variant, mode: str, x: torch.Tens
 def _timm_model(name: str, x: torch.Tensor) -> nn.Module:
     import timm
 
-    return timm.create_model(TIMM_NAMES[name], pretrained=False).to(x.device)
+    return timm.create_model(get_model_cfg(name).timm_name, pretrained=False).to(x.device)
 
 
 def _keras_step(name: str, x: torch.Tensor) -> Step:
-    import os
-
     os.environ.setdefault("KERAS_BACKEND", "torch")
     import keras
 
     if keras.backend.backend() != "torch":
         raise ConfigError(f"the Keras reference needs KERAS_BACKEND=torch, found {keras.backend.backend()}")
     with keras.device("cpu"):
-        model = getattr(keras.applications, KERAS_NAMES[name])(weights=None, input_shape=tuple(x.shape[2:]) + (3,))
+        app = getattr(keras.applications, get_model_cfg(name).keras_app)
+        model = app(weights=None, input_shape=tuple(x.shape[2:]) + (3,))
     nhwc = x.permute(0, 2, 3, 1).contiguous()
 
     def step():
@@ -254,8 +249,8 @@ def _keras_step(name: str, x: torch.Tensor) -> Step:
 
 def _check_choices(runtimes: tuple[str, ...], against: tuple[str, ...], device: torch.device) -> None:
     for r in runtimes:
-        if r not in RUNTIMES:
-            raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {r!r}")
+        if r not in BENCH_RUNTIMES:
+            raise ConfigError(f"runtime must be one of {', '.join(BENCH_RUNTIMES)}, got {r!r}")
     for a in against:
         if a not in REFERENCES:
             raise ConfigError(f"--against takes {', '.join(REFERENCES)}, got {a!r}")
@@ -267,6 +262,7 @@ def _jobs(name: str, mode: str, x: torch.Tensor, macs: int, runtimes: tuple[str,
           against: tuple[str, ...]) -> list[_Job]:
     """The configurations of one (model, mode) in table order: convzoo runtimes, then the references."""
     batch = x.shape[0]
+    cfg = get_model_cfg(name)
 
     def job(impl: str, make: Callable[[], Step], reference: bool = True) -> _Job:
         return _Job(name, mode, impl, reference, batch, macs, make)
@@ -276,10 +272,10 @@ def _jobs(name: str, mode: str, x: torch.Tensor, macs: int, runtimes: tuple[str,
     if "plain" in against:
         jobs += [job(f"plain PyTorch {v.suffix}", lambda v=v: _reference_step(_convzoo_model(name, x), v, mode, x))
                  for v in PLAIN_VARIANTS[x.device.type]]
-    if "timm" in against and name in TIMM_NAMES:
+    if "timm" in against and cfg.timm_name:
         jobs += [job(f"timm {v.suffix}", lambda v=v: _reference_step(_timm_model(name, x), v, mode, x))
                  for v in TIMM_VARIANTS[x.device.type]]
-    if "keras" in against and name in KERAS_NAMES and mode == "infer":
+    if "keras" in against and cfg.keras_app and mode == "infer":
         jobs.append(job("keras (torch backend)", lambda: _keras_step(name, x)))
     return jobs
 
@@ -294,8 +290,6 @@ def _measure(job: _Job, warmup: int, repeats: int, matmul: Matmul, device: torch
 
 def _trainer_process_state(device: torch.device) -> str:
     """Set the process up as the trainer does (permanently); returns what was done, for the log."""
-    from .optimize import tune_cpu_allocator
-
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         return "cuDNN autotuner on"
@@ -315,23 +309,23 @@ def _set_ratios(rows: list[Row]) -> None:
 def run_bench(models: list[str], *, batch_size: int = 8, input_size: tuple[int, int] | None = None,
               modes: tuple[str, ...] = ("infer",), runtimes: tuple[str, ...] = ("eager", "optimized"),
               against: tuple[str, ...] = ("timm", "keras"), device: str = "auto", warmup: int = 2,
-              repeats: int = 5, log: Callable[[str], None] = print) -> BenchResult:
+              repeats: int = 5, log: Callable[[str], None] | None = None) -> BenchResult:
     """Measure every (model, implementation, mode): all reference rows first, then (in the trainer's
     process state) all convzoo rows. Rows come back grouped per (model, mode), convzoo rows first.
 
     ``ratio`` on a convzoo row is its images/s over the fastest reference row of the same model and mode.
+    ``log`` receives one line per event (default: this module's logger, at INFO). Raises
+    :class:`ConfigError` for an unknown runtime or reference, and for ONNX Runtime on CUDA.
     """
-    from .registry import create_model, get_model_cfg
-    from .summary import count_macs
-
+    say = log or _logger.info
     dev = resolve_device(device)
     _check_choices(runtimes, against, dev)
     if dev.type == "cuda" and "keras" in against:
-        log("keras reference skipped: it runs on the CPU only")
+        say("keras reference skipped: it runs on the CPU only")
         against = tuple(a for a in against if a != "keras")
     matmul = matmul_gflops(dev)
     name = device_name(dev)
-    log(f"{matmul.label}: {matmul.gflops:.1f} GFLOP/s on {name}")
+    say(f"{matmul.label}: {matmul.gflops:.1f} GFLOP/s on {name}")
     jobs: list[_Job] = []
     for model in models:
         size = tuple(input_size or get_model_cfg(model).input_size[1:])
@@ -342,63 +336,21 @@ def run_bench(models: list[str], *, batch_size: int = 8, input_size: tuple[int, 
     measured: dict[int, Row] = {}
     for reference in (True, False):
         if not reference:
-            log(f"convzoo rows in the trainer's process state: {_trainer_process_state(dev)}")
+            say(f"convzoo rows in the trainer's process state: {_trainer_process_state(dev)}")
         for i, job in enumerate(jobs):
             if job.reference == reference:
                 measured[i] = _measure(job, warmup, repeats, matmul, dev)
-                log(f"  {job.model} {job.mode} {job.impl}: {measured[i].img_per_s:.2f} img/s")
+                say(f"  {job.model} {job.mode} {job.impl}: {measured[i].img_per_s:.2f} img/s")
     rows = [measured[i] for i in range(len(jobs))]
     _set_ratios(rows)
     return BenchResult(name, matmul, rows)
 
 
-def markdown_table(rows: list[Row]) -> str:
+def results_table(rows: list[Row]) -> str:
     """The rows as a markdown table."""
-    head = ("| model | implementation | mode | batch | median ms (min-max) | img/s | GMAC/img | GFLOP/s "
-            "| % of matmul | vs best reference |\n|---|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for r in rows:
-        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
-        lines.append(f"| {r.model} | {r.impl} | {r.mode} | {r.batch} | {r.median_ms:.0f} ({r.min_ms:.0f}-"
-                     f"{r.max_ms:.0f}) | {r.img_per_s:.2f} | {r.gmac_per_img:.2f} | {r.gflops:.1f} | "
-                     f"{100 * r.frac_matmul:.0f}% | {ratio} |")
-    return "\n".join(lines)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """``convzoo bench``."""
-    import sys
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    modes = ("infer", "train") if args.mode == "both" else (args.mode,)
-    result = run_bench(args.models, batch_size=args.batch_size, input_size=args.input_size, modes=modes,
-                       runtimes=tuple(args.runtime.split(",")), against=tuple(filter(None, args.against.split(","))),
-                       device=args.device, warmup=args.warmup, repeats=args.repeats,
-                       log=lambda s: print(s, file=sys.stderr))
-    print(markdown_table(result.rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=result.device, torch=torch.__version__, threads=torch.get_num_threads(),
-                           matmul_gflops=result.matmul.gflops, matmul_dtype=result.matmul.dtype,
-                           matmul_n=result.matmul.n, rows=[asdict(r) for r in result.rows]), f, indent=1)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``bench`` verb."""
-    p = sub.add_parser("bench", help="images/s of convzoo beside plain PyTorch, timm and Keras, in one run")
-    p.add_argument("models", nargs="*", default=["xception"])
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--mode", choices=("infer", "train", "both"), default="infer")
-    p.add_argument("--runtime", default="eager,optimized",
-                   help=f"comma-separated, from {', '.join(RUNTIMES)}")
-    p.add_argument("--against", default="timm,keras",
-                   help=f"comma-separated, from {', '.join(REFERENCES)} ('' for none)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda where available")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--json", help="also write the results to this JSON file")
-    p.set_defaults(func=cmd_bench)
+    header = ("model", "implementation", "mode", "batch", "median ms (min-max)", "img/s", "GMAC/img", "GFLOP/s",
+              "% of matmul", "vs best reference")
+    cells = [(r.model, r.impl, r.mode, r.batch, f"{r.median_ms:.0f} ({r.min_ms:.0f}-{r.max_ms:.0f})",
+              f"{r.img_per_s:.2f}", f"{r.gmac_per_img:.2f}", f"{r.gflops:.1f}", f"{100 * r.frac_matmul:.0f}%",
+              f"{r.ratio:.2f}x" if r.ratio is not None else "") for r in rows]
+    return markdown_table(header, cells)

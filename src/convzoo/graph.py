@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,27 +10,18 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ConvzooError
+from .utils.fileio import atomic_write_text, ensure_dir
 
 
 class GraphvizError(ConvzooError):
     """Graphviz is missing or failed to render."""
 
 
-def _flow(model: nn.Module, stage: str) -> str:
-    """The group a stage belongs to: Xception's entry/middle/exit flows, Inception's grids, ResNet's stages."""
-    if stage.startswith("block") and stage[5:].isdigit():
-        n = int(stage[5:])
-        return "entry flow" if n <= 4 else "middle flow" if n <= 12 else "exit flow"
-    if stage.startswith("Mixed_"):
-        return {"5": "35x35 grid", "6": "17x17 grid", "7": "8x8 grid"}.get(stage[6], "mixed")
-    if stage.startswith("conv") and stage[4:].isdigit() and stage != "conv1":
-        return stage
-    return "stem"
-
-
 def to_dot(model: nn.Module, input_size: tuple[int, int, int] | None = None, depth: int = 1) -> str:
     """Graphviz source: one node per stage (``depth=2``: per layer inside each stage) in execution order,
-    labelled with its type and output shape, grouped into clusters by flow, then the head."""
+    labelled with its type and output shape (C, H, W, at ``input_size``, default the registered one), grouped
+    into clusters by the model's ``stage_groups()`` (Xception's flows, Inception's grids, ResNet's stages),
+    then the head."""
     input_size = input_size or tuple(model.default_cfg.input_size)
     if depth not in (1, 2):
         raise ConfigError(f"depth must be 1 or 2, got {depth}")
@@ -61,9 +51,10 @@ def to_dot(model: nn.Module, input_size: tuple[int, int, int] | None = None, dep
     lines = ["digraph convzoo {", '  rankdir=TB; node [shape=box, style="rounded,filled", fillcolor="#eef3fb", '
              'fontname="Helvetica", fontsize=10]; edge [color="#555555"];',
              f'  input [label="input\\n{"x".join(map(str, input_size))}", fillcolor="#ffffff"];']
+    groups = model.stage_groups()
     clusters: dict[str, list[str]] = {}
     for key in order:
-        clusters.setdefault(_flow(model, key.split(".")[0]), []).append(key)
+        clusters.setdefault(groups[key.split(".")[0]], []).append(key)
     for i, (flow, keys) in enumerate(clusters.items()):
         lines.append(f'  subgraph cluster_{i} {{ label="{flow}"; style=dashed; color="#8899aa";')
         for key in keys:
@@ -79,15 +70,15 @@ def to_dot(model: nn.Module, input_size: tuple[int, int, int] | None = None, dep
 
 
 def render(dot_source: str, path: str | Path) -> Path:
-    """Write ``dot_source`` to ``path``: ``.dot`` as text, ``.svg``/``.png``/``.pdf`` through Graphviz."""
+    """Write ``dot_source`` to ``path``: ``.dot`` as text, ``.svg``/``.png``/``.pdf`` through Graphviz.
+    Raises :class:`ConfigError` (another suffix), :class:`GraphvizError` and :class:`~convzoo.errors.OutputError`."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in ("dot", "svg", "png", "pdf"):
         raise ConfigError(f"output must end in .svg, .png, .pdf or .dot, got {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     if fmt == "dot":
-        path.write_text(dot_source)
-        return path
+        return atomic_write_text(path, dot_source)
     exe = shutil.which("dot")
     if exe is None:
         raise GraphvizError("rendering needs Graphviz's `dot` (apt-get install graphviz); "
@@ -96,23 +87,3 @@ def render(dot_source: str, path: str | Path) -> Path:
     if done.returncode != 0:
         raise GraphvizError(f"dot failed: {done.stderr.decode(errors='replace').strip().splitlines()[0]}")
     return path
-
-
-def cmd_graph(args: argparse.Namespace) -> int:
-    """``convzoo graph MODEL -o FILE``."""
-    from .registry import create_model
-
-    model = create_model(args.model, input_size=args.input_size)
-    out = render(to_dot(model, depth=args.depth), args.output)
-    print(f"wrote {out}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``graph`` verb."""
-    p = sub.add_parser("graph", help="draw a model's blocks and flows with output shapes")
-    p.add_argument("model")
-    p.add_argument("-o", "--output", required=True, help="FILE.svg, .png, .pdf or .dot")
-    p.add_argument("--depth", type=int, default=1, help="1: one node per block; 2: one per layer")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
-    p.set_defaults(func=cmd_graph)

@@ -8,14 +8,19 @@ static; otherwise it depends on the input size, so it is computed in ``forward``
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 Padding = Literal["same", "valid"] | int
 """``'same'`` (TensorFlow semantics), ``'valid'`` (none), or a symmetric int (PyTorch semantics)."""
+KernelInit = Literal["glorot_uniform", "he_normal"]
+"""The Keras kernel initialisers :func:`init_keras_` knows."""
+KERNEL_INITS = get_args(KernelInit)
 
 
 def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -175,10 +180,12 @@ def _keras_fans(weight: torch.Tensor, groups: int) -> tuple[int, int]:
     return weight.shape[1] * rf, weight.shape[0] * rf
 
 
-def init_keras_(model: nn.Module, kernel_init: Literal["glorot_uniform", "he_normal"] = "glorot_uniform") -> None:
+def init_keras_(model: nn.Module, kernel_init: KernelInit = "glorot_uniform") -> None:
     """Initialise like Keras: kernels ``glorot_uniform`` (default) or ``he_normal`` (truncated normal,
     std = sqrt(2 / fan_in)), biases 0, BatchNorm gamma 1 and beta 0. Fans follow Keras' kernel layout,
-    which for depthwise kernels differs from PyTorch's."""
+    which for depthwise kernels differs from PyTorch's. Any other ``kernel_init`` is a :class:`ConfigError`."""
+    if kernel_init not in KERNEL_INITS:
+        raise ConfigError(f"kernel_init must be one of {', '.join(KERNEL_INITS)}, got {kernel_init!r}")
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             fan_in, fan_out = _keras_fans(m.weight, getattr(m, "groups", 1))

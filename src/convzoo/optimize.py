@@ -10,17 +10,7 @@ import sys
 import torch
 from torch import nn
 
-from .layers import SeparableConv2d
-
-
-def _partner(name: str) -> str | None:
-    """The name of the convolution a BatchNorm follows, by convzoo's naming (``x``/``x_bn``,
-    ``conv``/``bn``, ``convK``/``bnK``)."""
-    if name.endswith("_bn"):
-        return name[:-3]
-    if name == "bn" or (name.startswith("bn") and name[2:].isdigit()):
-        return "conv" + name[2:]
-    return None
+from .errors import ConfigError
 
 
 @torch.no_grad()
@@ -34,23 +24,24 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def fuse_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every BatchNorm that directly follows a convolution into that convolution (in place, eval only).
+    """Fold every BatchNorm that directly follows a convolution, as the model's ``conv_bn_pairs()`` lists
+    them, into that convolution and replace it with ``nn.Identity`` (in place, eval mode only).
 
     Returns the model; BatchNorms that follow no convolution (v2's pre-activations) stay as they are.
+    Raises RuntimeError in training mode and :class:`ConfigError` for a pair that is not a convolution and
+    a BatchNorm of its width.
     """
     if model.training:
         raise RuntimeError("fuse_batchnorm is for inference: call model.eval() first")
-    for parent in list(model.modules()):
-        for name, bn in list(parent.named_children()):
-            partner = _partner(name)
-            if not isinstance(bn, nn.BatchNorm2d) or partner is None:
-                continue
-            conv = getattr(parent, partner, None)
-            if isinstance(conv, SeparableConv2d):
-                conv = conv.pointwise
-            if isinstance(conv, nn.Conv2d) and conv.out_channels == bn.num_features:
-                _fold(conv, bn)
-                setattr(parent, name, nn.Identity())
+    for conv_path, bn_path in model.conv_bn_pairs():
+        conv, bn = model.get_submodule(conv_path), model.get_submodule(bn_path)
+        fits = isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features
+        if not fits:
+            raise ConfigError(f"{type(model).__name__}: {conv_path} and {bn_path} are no convolution and BatchNorm "
+                              f"of the same width")
+        _fold(conv, bn)
+        parent, _, name = bn_path.rpartition(".")
+        setattr(model.get_submodule(parent), name, nn.Identity())
     return model
 
 

@@ -1,8 +1,8 @@
 """Preprocessing as Keras names it: ``'tf'``, ``'caffe'``, ``'torch'``, plus the seed's ``'cifar'``.
 
 All functions take float tensors of RGB pixels in 0..255, shaped (N, 3, H, W). Which mode a model takes is
-recorded with its weights (``model.weights_meta``, see :mod:`convzoo.weights.records`); a model without a
-record takes its ``default_cfg``'s.
+recorded with its weights (``model.weights_meta``, a :class:`~convzoo.models.spec.WeightRecord`); a model
+without a record takes its ``default_cfg``'s.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .export import export_model
+from .optimize import fuse_batchnorm
 
 RUNTIMES = ("eager", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")
@@ -51,9 +53,6 @@ class OnnxRuntimeModel:
             import onnxruntime as ort
         except ImportError:
             raise ConfigError("the onnxruntime runtime needs onnxruntime: pip install onnxruntime") from None
-        from .export import export_model
-        from .optimize import fuse_batchnorm
-
         with tempfile.TemporaryDirectory() as d:
             path = export_model(fuse_batchnorm(copy.deepcopy(model).eval()), Path(d) / "model.onnx", "onnx")
             opts = ort.SessionOptions()

@@ -15,12 +15,12 @@ from ..errors import ConvzooError
 # Modules that add verbs, each with ``register(subparsers)``.
 VERB_MODULES: list[str] = [
     "convzoo.cli.models",
-    "convzoo.predict",
-    "convzoo.export",
-    "convzoo.graph",
-    "convzoo.bench",
+    "convzoo.cli.predict",
+    "convzoo.cli.export",
+    "convzoo.cli.graph",
+    "convzoo.cli.bench",
     "convzoo.cli.train",
-    "convzoo.weights.commands",
+    "convzoo.cli.weights",
 ]
 
 

@@ -8,7 +8,8 @@ import json
 import torch
 
 from ..errors import ConvzooError
-from ..registry import create_model, get_model_cfg, list_models
+from ..factory import create_model
+from ..registry import get_model_cfg, list_models
 from ..summary import count_macs, count_params, layer_table
 from ..utils.tables import format_table
 

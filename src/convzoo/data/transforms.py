@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..preprocess import preprocess_input, recorded_preprocessing
-from ..registry import ModelCfg
+from ..errors import ConfigError
+from ..preprocess import MODES, preprocess_input, recorded_preprocessing
+from ..models.spec import INTERPOLATIONS, ModelCfg
 from .images import open_image, resize_cover_crop
 
 
@@ -24,6 +25,14 @@ class ImageTransform:
     crop_pct: float
     interpolation: str
     mode: str
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"crop_pct must lie in (0, 1], got {self.crop_pct}")
 
     @classmethod
     def from_cfg(cls, cfg: ModelCfg, mode: str | None = None) -> "ImageTransform":

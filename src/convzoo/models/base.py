@@ -1,25 +1,45 @@
-"""What every convzoo network shares: the classifier head, input checks and feature extraction."""
+"""What every convzoo network shares: the classifier head, input checks, feature extraction, and what a
+family's builder tells the tools (its diagram's groups, its conv/BatchNorm pairs)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, InputShapeError
+from .spec import ModelCfg
+
+
+class LogitsWithAux(NamedTuple):
+    """What a model built with an auxiliary classifier returns in every mode: (N, classes) each."""
+
+    logits: torch.Tensor
+    aux_logits: torch.Tensor
+
+
+def logits_of(output: torch.Tensor | LogitsWithAux) -> torch.Tensor:
+    """The main logits of a model's output (a tensor, or the ``logits`` of a :class:`LogitsWithAux`)."""
+    return output.logits if isinstance(output, LogitsWithAux) else output
 
 
 class ConvNet(nn.Module):
     """Base class: ``forward_features`` runs the modules named in ``stage_names`` in order, then
-    ``forward_head`` pools and classifies. Subclasses set ``stage_names``, ``feature_info``, ``num_features``
-    and call :meth:`_init_head`.
+    ``forward_head`` pools and classifies. Subclasses set ``stage_names``, ``feature_info``, ``num_features``,
+    call :meth:`_init_head`, and give :meth:`stage_groups` and :meth:`conv_bn_pairs`.
+
+    ``default_cfg`` (also ``pretrained_cfg``) is the registered :class:`ModelCfg`, set by ``create_model``;
+    its ``min_input_size`` is the smallest input the model accepts. ``aux_logits``: whether ``forward``
+    returns a :class:`LogitsWithAux`, fixed when the model is built (by the builder argument of that name).
     """
 
     stage_names: list[str]
     feature_info: list[dict[str, Any]]
     num_features: int
-    min_size: int = 32
+    default_cfg: ModelCfg | None = None
+    aux_logits: bool = False
 
     def _init_head(self, num_features: int, num_classes: int, global_pool: str, drop_rate: float, in_chans: int) -> None:
         self.num_features = num_features
@@ -33,12 +53,16 @@ class ConvNet(nn.Module):
         self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise :class:`InputShapeError` when ``x`` is not (N, in_chans, H, W) with H, W at least ``min_size``."""
+        """Raise :class:`InputShapeError` when ``x`` is not (N, in_chans, H, W) with H, W at least the registered
+        ``min_input_size`` (a network built outside ``create_model`` has no registered minimum)."""
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise InputShapeError(f"{type(self).__name__} expects input of shape (N, {self.in_chans}, H, W), "
                                   f"got {tuple(x.shape)}")
-        if x.shape[-2] < self.min_size or x.shape[-1] < self.min_size:
-            raise InputShapeError(f"{type(self).__name__} needs inputs of at least {self.min_size}x{self.min_size}, "
+        if self.default_cfg is None:
+            return
+        _, h, w = self.default_cfg.min_input_size
+        if x.shape[-2] < h or x.shape[-1] < w:
+            raise InputShapeError(f"{type(self).__name__} needs inputs of at least {h}x{w}, "
                                   f"got {x.shape[-2]}x{x.shape[-1]}")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,10 +97,17 @@ class ConvNet(nn.Module):
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if hasattr(self, "default_cfg"):
-            from dataclasses import replace
-
+        if self.default_cfg is not None:
             self.default_cfg = self.pretrained_cfg = replace(self.default_cfg, num_classes=num_classes)
+
+    def stage_groups(self) -> dict[str, str]:
+        """Each stage's group for the diagram (Xception's flows, Inception's grids), by stage name, in order."""
+        raise NotImplementedError(f"{type(self).__name__} does not group its stages")
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """(convolution path, BatchNorm path) of every BatchNorm that directly follows a convolution and takes
+        its whole output, which is what BatchNorm folding fuses."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its conv/BatchNorm pairs")
 
 
 class FeatureExtractor(nn.Module):
@@ -85,9 +116,11 @@ class FeatureExtractor(nn.Module):
     def __init__(self, model: ConvNet, out_indices: tuple[int, ...] | None = None) -> None:
         super().__init__()
         n = len(model.feature_info)
-        out_indices = tuple(range(n)) if out_indices is None else tuple(i % n for i in out_indices)
-        if any(not -n <= i < n for i in out_indices):
+        if out_indices is None:
+            out_indices = tuple(range(n))
+        if not out_indices or any(not -n <= i < n for i in out_indices):
             raise ConfigError(f"out_indices must lie in [-{n}, {n}), got {out_indices}")
+        out_indices = tuple(i % n for i in out_indices)
         last = max(model.stage_names.index(model.feature_info[i]["module"]) for i in out_indices)
         self.stage_names = model.stage_names[: last + 1]
         for name in self.stage_names:

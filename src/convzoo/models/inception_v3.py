@@ -7,16 +7,20 @@ every convolution as in slim: ``max(int(filters * depth_multiplier), min_depth)`
 
 from __future__ import annotations
 
+import re
 from functools import partial
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import InputShapeError
+from ..errors import ConfigError, InputShapeError
 from ..layers import AvgPool2d, ConvBnAct, MaxPool2d, Padding
-from ..registry import register_model
-from .base import ConvNet
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
+from .base import ConvNet, LogitsWithAux
+from .keras_names import UNNAMED_BN, UNNAMED_CONV, is_unnamed, place_in_order
+from .published import keras_pair, keras_parity, torch_parity, torchvision_record
+from .spec import Family, KerasMapping, ModelCfg, Placement, TorchMapping
 
 # Stem rows: (name, filters, kernel, stride, padding); None as filters is a 3x3/2 max-pool.
 STEM = (
@@ -45,6 +49,8 @@ MIXED = (
     ("Mixed_7c", "E", None),
 )
 AUX_AFTER = "Mixed_6e"
+# The three grids of the paper (at 299x299 input); each reduction block (B, D) starts the next one.
+GRIDS = ("35x35 grid", "17x17 grid", "8x8 grid")
 
 
 class _Mixed(nn.Module):
@@ -186,7 +192,8 @@ class InceptionV3(ConvNet):
 
     torchvision/timm layout by default (BN with gamma, eps 1e-3, avg-pool counting padding).
     ``bn_scale=False, pool_padding='same', bn_momentum=0.01`` is Keras' ``InceptionV3``.
-    In training mode with ``aux_logits`` the forward pass returns ``(logits, aux_logits)``.
+    Built with ``aux_logits``, the forward pass returns :class:`LogitsWithAux` ``(logits, aux_logits)`` in
+    every mode (the auxiliary head needs a 17x17 ``Mixed_6e`` map); built without it, the logits.
     """
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.5,
@@ -195,39 +202,59 @@ class InceptionV3(ConvNet):
                  pool_padding: Padding = 1) -> None:
         super().__init__()
         if depth_multiplier <= 0:
-            raise ValueError(f"depth_multiplier must be > 0, got {depth_multiplier}")
+            raise ConfigError(f"depth_multiplier must be > 0, got {depth_multiplier}")
 
         def d(filters: int) -> int:
             return max(int(filters * depth_multiplier), min_depth)
 
         conv = partial(ConvBnAct, bn_eps=bn_eps, bn_momentum=bn_momentum, bn_scale=bn_scale)
-        avg_pool = partial(AvgPool2d, 3, 1, pool_padding)
-        self.stage_names, self.feature_info = [], []
-        c, reduction = in_chans, 1
+        self.stage_names, self.feature_info, self._groups = [], [], {}
+        c, reduction = self._add_stem(stem, in_chans, conv, d)
+        self.aux_logits = aux_logits
+        c, reduction = self._add_mixed(c, reduction, conv, d, partial(AvgPool2d, 3, 1, pool_padding), num_classes)
+        self.feature_info.append(dict(module=self.stage_names[-1], num_chs=c, reduction=reduction))
+        self._init_head(c, num_classes, global_pool, drop_rate, in_chans)
+        self._init_weights()
+
+    def _add_stem(self, stem: tuple, c: int, conv: Callable[..., nn.Module], d: Callable[[int], int]
+                  ) -> tuple[int, int]:
+        reduction = 1
         for name, filters, k, s, p in stem:
             layer = MaxPool2d(k, s) if filters is None else conv(c, d(filters), k, s, p)
             if s > 1 and self.stage_names:
                 self.feature_info.append(dict(module=self.stage_names[-1], num_chs=c, reduction=reduction))
             self.add_module(name, layer)
             self.stage_names.append(name)
+            self._groups[name] = "stem"
             c = c if filters is None else d(filters)
             reduction *= s
+        return c, reduction
+
+    def _add_mixed(self, c: int, reduction: int, conv: Callable[..., nn.Module], d: Callable[[int], int],
+                   avg_pool: Callable[[], nn.Module], num_classes: int) -> tuple[int, int]:
+        grid = 0
         for name, kind, arg in MIXED:
             block = BLOCKS[kind](c, arg, conv, d, avg_pool)
             if kind in "BD":
                 self.feature_info.append(dict(module=self.stage_names[-1], num_chs=c, reduction=reduction))
                 reduction *= 2
+                grid += 1
             self.add_module(name, block)
             self.stage_names.append(name)
+            self._groups[name] = GRIDS[grid]
             c = block.out_channels
             if name == AUX_AFTER:
                 self.aux_channels = c
-                self.AuxLogits = InceptionAux(c, num_classes, conv, d) if aux_logits else None
-        self.feature_info.append(dict(module=self.stage_names[-1], num_chs=c, reduction=reduction))
-        self.aux_logits = aux_logits
-        self.min_size = 75 if stem is STEM else 1
-        self._init_head(c, num_classes, global_pool, drop_rate, in_chans)
-        self._init_weights()
+                self.AuxLogits = InceptionAux(c, num_classes, conv, d) if self.aux_logits else None
+        return c, reduction
+
+    def stage_groups(self) -> dict[str, str]:
+        """The stem, then the paper's 35x35, 17x17 and 8x8 grids (a reduction block starts the next grid)."""
+        return dict(self._groups)
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """Every ``ConvBnAct``'s ``conv`` and ``bn`` (the auxiliary head's included)."""
+        return [(f"{n}.conv", f"{n}.bn") for n, m in self.named_modules() if isinstance(m, ConvBnAct)]
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -254,15 +281,15 @@ class InceptionV3(ConvNet):
         out["Logits"] = self.fc(self.head_drop(out["PreLogits"]))
         return out
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> torch.Tensor | LogitsWithAux:
         self.check_input(x)
         aux = None
         for name in self.stage_names:
             x = getattr(self, name)(x)
-            if name == AUX_AFTER and self.AuxLogits is not None and self.training:
+            if name == AUX_AFTER and self.AuxLogits is not None:
                 aux = self.AuxLogits(x)
         x = self.forward_head(x)
-        return x if aux is None else (x, aux)
+        return x if aux is None else LogitsWithAux(x, aux)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier (and the auxiliary classifier, if any) for ``num_classes``."""
@@ -271,13 +298,69 @@ class InceptionV3(ConvNet):
             self.AuxLogits.fc = nn.Linear(self.AuxLogits.fc.in_features, max(num_classes, 1))
 
 
-_IMAGENET = dict(family="inception_v3", input_size=(3, 299, 299), min_input_size=(3, 75, 75),
-                 interpolation="bicubic", crop_pct=0.875, first_conv="Conv2d_1a_3x3.conv", classifier="fc")
-register_model("inception_v3", InceptionV3, reference="torchvision inception_v3, timm inception_v3",
-               preprocessing="torch", drop_rate=0.5, **_IMAGENET)
-register_model("inception_v3_keras", InceptionV3, reference="keras.applications.InceptionV3", preprocessing="tf",
-               kwargs=dict(bn_scale=False, pool_padding="same", bn_momentum=0.01), **_IMAGENET)
-register_model("inception_v3_cifar", InceptionV3, family="inception_v3",
-               reference="seed inception_v3_slim (stem replaced by one 3x3 conv)",
-               input_size=(3, 32, 32), min_input_size=(3, 32, 32), num_classes=10, preprocessing="cifar",
-               crop_pct=1.0, first_conv="Conv2d_1a_3x3.conv", classifier="fc", kwargs=dict(stem=STEM_CIFAR))
+def _keras_place(names: Sequence[str], model: nn.Module) -> tuple[list[Placement], list[str]]:
+    """keras-applications' InceptionV3 names no convolution or BatchNorm: they map, in creation order, onto
+    the ``ConvBnAct`` modules in module order (the auxiliary head has none in Keras)."""
+    slots = [n for n, m in model.named_modules() if isinstance(m, ConvBnAct) and not n.startswith("AuxLogits")]
+    placed, unplaced = place_in_order(names, UNNAMED_CONV, [f"{n}.conv" for n in slots], "convolutions")
+    bns, more = place_in_order(names, UNNAMED_BN, [f"{n}.bn" for n in slots], "BatchNorms")
+    placed, unplaced = placed + bns, unplaced + more
+    for name in names:
+        if name == "predictions":
+            placed.append(Placement(name, "fc"))
+        elif not is_unnamed(name):
+            unplaced.append(f"Keras '{name}'")
+    return placed, unplaced
+
+
+def _keras_block_outputs(names: Sequence[str], model: nn.Module) -> dict[str, str]:
+    """Keras' ``mixedN`` concatenations are the N-th mixed block's output."""
+    mixed = [n for n in model.stage_names if n.startswith("Mixed_")]
+    return {n: mixed[int(n[5:])] for n in names if re.fullmatch(r"mixed\d+", n) and int(n[5:]) < len(mixed)}
+
+
+def _keras_guess(shapes: Mapping[str, Sequence[tuple[int, ...]]]) -> str | None:
+    return "inception_v3_keras" if sum(1 for n in shapes if UNNAMED_CONV.fullmatch(n)) == 94 else None
+
+
+def _torch_guess(layout: str, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """torchvision's and timm's names are convzoo's; Keras' layout has no BatchNorm gamma."""
+    if not any(k.startswith("Mixed_7c.") for k in shapes):
+        return None
+    return "inception_v3" if "Mixed_7c.branch1x1.bn.weight" in shapes else "inception_v3_keras"
+
+
+# torchvision's transform_input: inputs normalised with the ImageNet mean and std, mapped back to [-1, 1]
+# by x * std / 0.5 + (mean - 0.5) / 0.5 per channel (torchvision/models/inception.py, _transform_input).
+TORCHVISION_INPUT_AFFINE = (tuple(s / 0.5 for s in IMAGENET_STD), tuple((m - 0.5) / 0.5 for m in IMAGENET_MEAN))
+_IMAGENET = dict(input_size=(3, 299, 299), min_input_size=(3, 75, 75), interpolation="bicubic", crop_pct=0.875,
+                 first_conv="Conv2d_1a_3x3.conv", aux_classifier="AuxLogits.fc")
+_REFERENCES = dict(keras_app="InceptionV3", timm_name="inception_v3", torchvision_name="inception_v3")
+
+FAMILY = Family(
+    name="inception_v3",
+    builder=InceptionV3,
+    models=(
+        ModelCfg("inception_v3", "torchvision inception_v3, timm inception_v3", preprocessing="torch", drop_rate=0.5,
+                 exact=("torchvision", "timm"), **_REFERENCES, **_IMAGENET),
+        ModelCfg("inception_v3_keras", "keras.applications.InceptionV3", preprocessing="tf", exact=("keras",),
+                 kwargs=dict(bn_scale=False, pool_padding="same", bn_momentum=0.01), **_REFERENCES, **_IMAGENET),
+        ModelCfg("inception_v3_cifar", "seed inception_v3_slim (stem replaced by one 3x3 conv)",
+                 input_size=(3, 32, 32), min_input_size=(3, 32, 32), num_classes=10, preprocessing="cifar",
+                 crop_pct=1.0, first_conv="Conv2d_1a_3x3.conv", aux_classifier="AuxLogits.fc",
+                 kwargs=dict(stem=STEM_CIFAR)),
+    ),
+    records=(
+        *keras_pair("inception_v3_keras", "inception_v3", "inception_v3", "9a0d58056eeedaa3f26cb7ebd46da564",
+                    "bcbd6486424b2319ff4ef7d526e38f63", input_size=299, interpolation="bicubic", preprocessing="tf",
+                    top1=77.9, parity=keras_parity("InceptionV3")),
+        # torchvision evaluates at resize 342, centre crop 299, bilinear; its transform_input is folded in.
+        torchvision_record("inception_v3", "inception_v3_google-0cc3c7bd.pth", input_size=299,
+                           interpolation="bilinear", crop_pct=299 / 342, preprocessing="torch", top1=77.294,
+                           input_affine=TORCHVISION_INPUT_AFFINE,
+                           parity=f"{torch_parity('torchvision', 'inception_v3')}, "
+                                  "tests/test_records.py::test_transform_input_fold_matches_torchvision"),
+    ),
+    keras=KerasMapping(place=_keras_place, block_outputs=_keras_block_outputs, guess=_keras_guess),
+    torch=TorchMapping(layouts=(), guess=_torch_guess),
+)

@@ -9,16 +9,20 @@ and v2 ends with ``post_bn``.
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..layers import Conv2d, batch_norm
-from ..registry import register_model
 from .base import ConvNet
+from .published import keras_pair, keras_parity, torch_parity, torchvision_record
+from .spec import Family, KerasMapping, KeyLayout, ModelCfg, Placement, TorchMapping
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,10 @@ class Bottleneck(nn.Module):
         self.conv3 = Conv2d(width, out_channels, 1, bias=bias or preact)
         if not preact:
             self.bn3 = batch_norm(out_channels, bn_eps, bn_momentum)
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """``convK``/``bnK`` wherever the BatchNorm follows the conv (v2 has no ``bn0`` and ``bn3``)."""
+        return [(f"conv{k}", f"bn{k}") for k in range(4) if hasattr(self, f"bn{k}")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.preact:
@@ -139,8 +147,8 @@ class ResNet(ConvNet):
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.0,
                  *, stages: tuple[Stage, ...] = imagenet_stages(DEPTHS[50]), preact: bool = False, bias: bool = False,
-                 groups: int = 1, stride_on_3x3: bool = True, stem: str = "imagenet", stem_width: int = 64,
-                 bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
+                 groups: int = 1, stride_on_3x3: bool = True, stem: Literal["imagenet", "cifar"] = "imagenet",
+                 stem_width: int = 64, bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
         super().__init__()
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         imagenet = stem == "imagenet"
@@ -173,32 +181,220 @@ class ResNet(ConvNet):
             self.post_bn = PostNorm(c, **bn)
             self.stage_names.append("post_bn")
             self.feature_info[-1]["module"] = "post_bn"
-        self.min_size = 32
         self._init_head(c, num_classes, global_pool, drop_rate, in_chans)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def stage_groups(self) -> dict[str, str]:
+        """The stem (``conv1``, ``pool1``), then one group per stage of the table (v2's ``post_bn`` closes the
+        last one)."""
+        groups, last = {}, "stem"
+        for name in self.stage_names:
+            if isinstance(getattr(self, name), Stack):
+                last = name
+            groups[name] = last
+        return groups
 
-def _register(name: str, reference: str, preprocessing: str, **kwargs) -> None:
-    cifar = kwargs.get("stem") == "cifar"
-    register_model(name, ResNet, family="resnet", reference=reference, preprocessing=preprocessing,
-                   input_size=(3, 32, 32) if cifar else (3, 224, 224), min_input_size=(3, 32, 32),
-                   num_classes=10 if cifar else 1000, crop_pct=1.0 if cifar else 0.875,
-                   first_conv="conv1.conv", classifier="fc", kwargs=kwargs)
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """The stem's conv and BN (v1), and each bottleneck's ``convK``/``bnK``."""
+        pairs = [("conv1.conv", "conv1.bn")] if self.conv1.bn is not None else []
+        for stage in self.stage_names:
+            if isinstance(getattr(self, stage), Stack):
+                for b, block in getattr(self, stage).named_children():
+                    pairs += [(f"{stage}.{b}.{c}", f"{stage}.{b}.{n}") for c, n in block.conv_bn_pairs()]
+        return pairs
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What a weight file tells of a ResNet row: blocks per stage, the first 3x3's width and groups, whether it
+    is v2 (pre-activation), whether the stem conv has a bias, and the stem's kernel size."""
+
+    depths: tuple[int, ...]
+    width: int
+    groups: int
+    preact: bool
+    bias: bool
+    stem_kernel: int
+
+
+_DEFAULTS = {k: p.default for k, p in inspect.signature(ResNet.__init__).parameters.items()
+             if p.default is not inspect.Parameter.empty}
+
+
+def _row_arch(cfg: ModelCfg) -> Arch:
+    kw = {**_DEFAULTS, **cfg.kwargs}
+    stages = kw["stages"]
+    return Arch(tuple(s.blocks for s in stages), stages[0].width, kw["groups"], kw["preact"], kw["bias"],
+                7 if kw["stem"] == "imagenet" else 3)
+
+
+def _match(arch: Arch | None) -> str | None:
+    """The registered row a file's :class:`Arch` belongs to."""
+    return next((cfg.name for cfg in FAMILY.models if _row_arch(cfg) == arch), None)
+
+
+def _depths(names: Sequence[str], pattern: str) -> tuple[int, ...]:
+    """Blocks per stage (conv2, conv3, ...) from names matching ``pattern`` (stage and block groups)."""
+    blocks: dict[int, int] = {}
+    for n in names:
+        if m := re.fullmatch(pattern, n):
+            blocks[int(m.group(1))] = max(blocks.get(int(m.group(1)), 0), int(m.group(2)))
+    return tuple(blocks[s] for s in range(2, 2 + len(blocks)) if s in blocks)
+
+
+# Keras: ``conv3_block2_1_conv`` is ``conv3.block2.conv1``, ``_0_`` the projection, ``_preact_bn`` v2's
+# pre-activation; keras-applications' ResNeXt stores each grouped 3x3 conv as a depthwise conv
+# (``_2_conv``) plus a fixed 1x1 (``_2_gconv``), folded together at import.
+_KERAS_CONV = re.compile(r"conv(\d+)_block(\d+)_(\d)_(conv|bn)")
+_KERAS_GCONV = re.compile(r"conv(\d+)_block(\d+)_2_gconv")
+_KERAS_PREACT = re.compile(r"conv(\d+)_block(\d+)_preact_bn")
+_KERAS_FIXED = {"conv1_conv": "conv1.conv", "conv1_bn": "conv1.bn", "post_bn": "post_bn.bn", "predictions": "fc"}
+
+
+def _keras_place(names: Sequence[str], model: nn.Module) -> tuple[list[Placement], list[str]]:
+    placed: list[Placement] = []
+    unplaced: list[str] = []
+    for name in names:
+        if _KERAS_GCONV.fullmatch(name):
+            if name.replace("_2_gconv", "_2_conv") not in names:
+                unplaced.append(f"Keras '{name}' (no matching _2_conv)")
+        elif name in _KERAS_FIXED:
+            placed.append(Placement(name, _KERAS_FIXED[name]))
+        elif m := _KERAS_CONV.fullmatch(name):
+            gconv = name.replace("_2_conv", "_2_gconv")
+            placed.append(Placement(name, f"conv{m.group(1)}.block{m.group(2)}.{m.group(4)}{m.group(3)}",
+                                    gconv if m.group(3) == "2" and m.group(4) == "conv" and gconv in names else None))
+        elif m := _KERAS_PREACT.fullmatch(name):
+            placed.append(Placement(name, f"conv{m.group(1)}.block{m.group(2)}.preact_bn"))
+        else:
+            unplaced.append(f"Keras '{name}'")
+    return placed, unplaced
+
+
+def _keras_block_outputs(names: Sequence[str], model: nn.Module) -> dict[str, str]:
+    """``convS_blockB_out`` is block B of stage S; v2's ``post_relu`` is ``post_bn``."""
+    out = {n: f"conv{m.group(1)}.block{m.group(2)}" for n in names
+           if (m := re.fullmatch(r"conv(\d+)_block(\d+)_out", n))}
+    return out | ({"post_relu": "post_bn"} if "post_relu" in names else {})
+
+
+def _keras_guess(shapes: Mapping[str, Sequence[tuple[int, ...]]]) -> str | None:
+    """From the block names, the first 3x3 kernel (a depthwise (3, 3, width, width // groups) in ResNeXt
+    files) and the stem conv's kernel and bias."""
+    first, stem = shapes.get("conv2_block1_2_conv"), shapes.get("conv1_conv")
+    if not first or not stem or len(first[0]) != 4:
+        return None
+    kh, kw, a, b = first[0]
+    width, groups = (a, a // b) if a != b else (b, 1)
+    preact = any(_KERAS_PREACT.fullmatch(n) for n in shapes)
+    return _match(Arch(_depths(shapes, r"conv(\d+)_block(\d+)_1_conv"), width, groups, preact, len(stem) == 2,
+                       stem[0][0]))
+
+
+TORCHVISION_LAYOUT = "torchvision/timm resnet"
+
+
+def _torchvision_key(key: str) -> str:
+    """``layer1.0.conv1.weight`` -> ``conv2.block1.conv1.weight``, ``downsample.0/1`` -> ``conv0``/``bn0``,
+    the stem's ``conv1``/``bn1`` -> ``conv1.conv``/``conv1.bn``."""
+    m = re.fullmatch(r"layer(\d+)\.(\d+)\.(.+)", key)
+    if m:
+        rest = m.group(3).replace("downsample.0.", "conv0.").replace("downsample.1.", "bn0.")
+        return f"conv{int(m.group(1)) + 1}.block{int(m.group(2)) + 1}.{rest}"
+    head, _, tail = key.partition(".")
+    return {"conv1": "conv1.conv", "bn1": "conv1.bn"}.get(head, head) + f".{tail}"
+
+
+def _torch_guess(layout: str, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """From the block names, the first 3x3 conv's (width, width // groups) and the stem conv."""
+    first, stem = shapes.get("conv2.block1.conv2.weight"), shapes.get("conv1.conv.weight")
+    if first is None or stem is None:
+        return None
+    return _match(Arch(_depths(shapes, r"conv(\d+)\.block(\d+)\.conv1\.weight"), first[0], first[0] // first[1],
+                       "post_bn.bn.weight" in shapes, "conv1.conv.bias" in shapes, stem[-1]))
 
 
 KERAS_BN = dict(bn_eps=1.001e-5, bn_momentum=0.01)
-for depth in (50, 101, 152):
-    _register(f"resnet{depth}", f"keras.applications.ResNet{depth}", "caffe",
-              stages=imagenet_stages(DEPTHS[depth]), bias=True, stride_on_3x3=False, **KERAS_BN)
-    v2 = imagenet_stages(DEPTHS[depth])
-    v2 = tuple(Stage(s.blocks, s.width, s.out, 2 if i < 3 else 1) for i, s in enumerate(v2))
-    _register(f"resnet{depth}v2", f"keras.applications.ResNet{depth}V2", "tf", stages=v2, preact=True, bias=True,
-              **KERAS_BN)
-for depth, card, width in ((50, 32, 4), (101, 32, 4), (101, 32, 8)):
-    _register(f"resnext{depth}_{card}x{width}d", f"torchvision/timm resnext{depth}_{card}x{width}d", "torch",
-              stages=imagenet_stages(DEPTHS[depth], width_mult=card * width // 64), groups=card)
-for card, width in ((8, 64), (2, 64), (32, 4)):
-    _register(f"resnext29_{card}x{width}d", "ResNeXt paper, CIFAR (Xie et al., 2017)", "cifar",
-              stages=cifar_resnext_stages(card, width), groups=card, stem="cifar")
+# Keras' ResNet (v1: conv biases, stride on the first 1x1) and ResNetV2 (pre-activation, conv biases).
+KERAS_V1 = dict(bias=True, stride_on_3x3=False, **KERAS_BN)
+KERAS_V2 = dict(preact=True, bias=True, **KERAS_BN)
+_IMAGENET = dict(input_size=(3, 224, 224), first_conv="conv1.conv")
+_KERAS = dict(exact=("keras",), **_IMAGENET)
+_CIFAR = dict(input_size=(3, 32, 32), num_classes=10, preprocessing="cifar", crop_pct=1.0, first_conv="conv1.conv")
+
+
+def _v2(stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+    """Keras' ResNetV2 strides the last block of stages 2-4 (``conv2``-``conv4``), not the first of 3-5."""
+    return tuple(Stage(s.blocks, s.width, s.out, 2 if i < 3 else 1) for i, s in enumerate(stages))
+
+
+FAMILY = Family(
+    name="resnet",
+    builder=ResNet,
+    models=(
+        ModelCfg("resnet50", "keras.applications.ResNet50", keras_app="ResNet50", preprocessing="caffe",
+                 kwargs=dict(stages=imagenet_stages(DEPTHS[50]), **KERAS_V1), **_KERAS),
+        ModelCfg("resnet50v2", "keras.applications.ResNet50V2", keras_app="ResNet50V2", preprocessing="tf",
+                 kwargs=dict(stages=_v2(imagenet_stages(DEPTHS[50])), **KERAS_V2), **_KERAS),
+        ModelCfg("resnet101", "keras.applications.ResNet101", keras_app="ResNet101", preprocessing="caffe",
+                 kwargs=dict(stages=imagenet_stages(DEPTHS[101]), **KERAS_V1), **_KERAS),
+        ModelCfg("resnet101v2", "keras.applications.ResNet101V2", keras_app="ResNet101V2", preprocessing="tf",
+                 kwargs=dict(stages=_v2(imagenet_stages(DEPTHS[101])), **KERAS_V2), **_KERAS),
+        ModelCfg("resnet152", "keras.applications.ResNet152", keras_app="ResNet152", preprocessing="caffe",
+                 kwargs=dict(stages=imagenet_stages(DEPTHS[152]), **KERAS_V1), **_KERAS),
+        ModelCfg("resnet152v2", "keras.applications.ResNet152V2", keras_app="ResNet152V2", preprocessing="tf",
+                 kwargs=dict(stages=_v2(imagenet_stages(DEPTHS[152])), **KERAS_V2), **_KERAS),
+        ModelCfg("resnext50_32x4d", "torchvision/timm resnext50_32x4d", torchvision_name="resnext50_32x4d",
+                 timm_name="resnext50_32x4d", exact=("torchvision", "timm"),
+                 kwargs=dict(stages=imagenet_stages(DEPTHS[50], width_mult=2), groups=32), **_IMAGENET),
+        ModelCfg("resnext101_32x4d", "timm resnext101_32x4d", timm_name="resnext101_32x4d", exact=("timm",),
+                 kwargs=dict(stages=imagenet_stages(DEPTHS[101], width_mult=2), groups=32), **_IMAGENET),
+        ModelCfg("resnext101_32x8d", "torchvision/timm resnext101_32x8d", torchvision_name="resnext101_32x8d",
+                 timm_name="resnext101_32x8d", exact=("torchvision", "timm"),
+                 kwargs=dict(stages=imagenet_stages(DEPTHS[101], width_mult=4), groups=32), **_IMAGENET),
+        ModelCfg("resnext101_64x4d", "torchvision/timm resnext101_64x4d", torchvision_name="resnext101_64x4d",
+                 timm_name="resnext101_64x4d", exact=("torchvision", "timm"),
+                 kwargs=dict(stages=imagenet_stages(DEPTHS[101], width_mult=4), groups=64), **_IMAGENET),
+        ModelCfg("resnext29_8x64d", "ResNeXt paper, CIFAR (Xie et al., 2017)",
+                 kwargs=dict(stages=cifar_resnext_stages(8, 64), groups=8, stem="cifar"), **_CIFAR),
+        ModelCfg("resnext29_2x64d", "ResNeXt paper, CIFAR (Xie et al., 2017)",
+                 kwargs=dict(stages=cifar_resnext_stages(2, 64), groups=2, stem="cifar"), **_CIFAR),
+        ModelCfg("resnext29_32x4d", "ResNeXt paper, CIFAR (Xie et al., 2017)",
+                 kwargs=dict(stages=cifar_resnext_stages(32, 4), groups=32, stem="cifar"), **_CIFAR),
+    ),
+    records=(
+        *keras_pair("resnet50", "resnet", "resnet50", "2cb95161c43110f7111970584f804107",
+                    "4d473c1dd8becc155b73f8504c6f6626", preprocessing="caffe", top1=74.9,
+                    parity=keras_parity("ResNet50")),
+        *keras_pair("resnet101", "resnet", "resnet101", "f1aeb4b969a6efcfb50fad2f0c20cfc5",
+                    "88cf7a10940856eca736dc7b7e228a21", preprocessing="caffe", top1=76.4),
+        *keras_pair("resnet152", "resnet", "resnet152", "100835be76be38e30d865e96f2aaae62",
+                    "ee4c566cf9a93f14d82f913c2dc6dd0c", preprocessing="caffe", top1=76.6),
+        *keras_pair("resnet50v2", "resnet", "resnet50v2", "3ef43a0b657b3be2300d5770ece849e0",
+                    "fac2f116257151a9d068a22e544a4917", preprocessing="tf", top1=76.0,
+                    parity=keras_parity("ResNet50V2")),
+        *keras_pair("resnet101v2", "resnet", "resnet101v2", "6343647c601c52e1368623803854d971",
+                    "c0ed64b8031c3730f411d2eb4eea35b5", preprocessing="tf", top1=77.2),
+        *keras_pair("resnet152v2", "resnet", "resnet152v2", "a49b44d1979771252814e80f8ec446f9",
+                    "ed17cf2e0169df9d443503ef94b23b33", preprocessing="tf", top1=78.0),
+        torchvision_record("resnext50_32x4d", "resnext50_32x4d-7cdf4587.pth", input_size=224,
+                           interpolation="bilinear", crop_pct=0.875, preprocessing="torch", top1=77.618,
+                           parity=torch_parity("torchvision", "resnext50_32x4d")),
+        *keras_pair("resnext50_32x4d", "resnet", "resnext50", "67a5b30d522ed92f75a1f16eef299d1a",
+                    "62527c363bdd9ec598bed41947b379fc", preprocessing="torch"),
+        *keras_pair("resnext101_32x4d", "resnet", "resnext101", "34fb605428fcc7aa4d62f44404c11509",
+                    "0f678c91647380debd923963594981b3", preprocessing="torch"),
+        torchvision_record("resnext101_32x8d", "resnext101_32x8d-8ba56ff5.pth", input_size=224,
+                           interpolation="bilinear", crop_pct=0.875, preprocessing="torch", top1=79.312),
+        # ResNeXt101_64X4D_Weights.IMAGENET1K_V1: resize 232, centre crop 224, bilinear.
+        torchvision_record("resnext101_64x4d", "resnext101_64x4d-173b62eb.pth", input_size=224,
+                           interpolation="bilinear", crop_pct=224 / 232, preprocessing="torch", top1=83.246,
+                           parity=torch_parity("torchvision", "resnext101_64x4d")),
+    ),
+    keras=KerasMapping(place=_keras_place, block_outputs=_keras_block_outputs, guess=_keras_guess),
+    torch=TorchMapping(layouts=(KeyLayout(TORCHVISION_LAYOUT, lambda keys: any(k.startswith("layer1.") for k in keys),
+                                          lambda keys: {k: _torchvision_key(k) for k in keys}),),
+                       guess=_torch_guess),
+)

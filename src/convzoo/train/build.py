@@ -10,17 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from ..factory import create_model
-from ..preprocess import MODES, mode_stats
+from ..preprocess import mode_stats
 from ..registry import ModelCfg, model_kwargs_from_json
 from ..weights import load_weights
 from .recipes import Recipe
-
-# Per-channel mean and std in 0-255 pixel units for each preprocessing mode, and whether the mode feeds
-# BGR images (preprocess.mode_stats, by mode).
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...], bool]] = {m: mode_stats(m) for m in MODES}
-
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
     """The recipe's model for ``num_classes`` classes at the recipe's input size (freshly initialised)."""
@@ -56,10 +50,7 @@ def normalization(recipe: Recipe, cfg: ModelCfg) -> tuple[tuple[float, ...], tup
     whether the model takes BGR input."""
     if recipe.mean is not None and recipe.std is not None:
         return tuple(recipe.mean), tuple(recipe.std), False
-    if cfg.preprocessing not in NORMALIZATION:
-        raise ConfigError(f"{cfg.name}: no normalisation known for preprocessing {cfg.preprocessing!r}; "
-                          "set mean and std")
-    return NORMALIZATION[cfg.preprocessing]
+    return mode_stats(cfg.preprocessing)
 
 
 def input_size(recipe: Recipe, cfg: ModelCfg) -> tuple[int, int]:

@@ -14,10 +14,10 @@ from torch import nn
 from ..data import ArrayDataset, BatchLoader
 from ..errors import CheckpointError, ConfigError, ConvzooWarning, DataError
 from ..optimize import optimize_for_inference
-from ..preprocess import recorded_preprocessing
+from ..preprocess import MODES, mode_stats, recorded_preprocessing
 from ..runtime import bf16_pays, resolve_device
 from ..weights import load_checkpoint
-from .build import NORMALIZATION, build_model
+from .build import build_model
 from .data import DataSpec, load_eval_data, load_run_data, resample_for, to_bgr
 from .extras import require
 from .metrics import Tally, evaluate
@@ -103,7 +103,8 @@ def evaluate_target(target: str | Path, data: str | Path | None = None, which: s
 
 def _mode_of(mean: tuple[float, ...], std: tuple[float, ...], bgr: bool) -> str:
     """The preprocessing mode with this normalisation, else the numbers."""
-    for mode, (m, s, b) in NORMALIZATION.items():
+    for mode in MODES:
+        m, s, b = mode_stats(mode)
         if b == bgr and all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip((*m, *s), (*mean, *std))):
             return mode
     return f"mean {list(mean)} std {list(std)}"
@@ -112,13 +113,11 @@ def _mode_of(mean: tuple[float, ...], std: tuple[float, ...], bgr: bool) -> str:
 def _override(t: _Target, mode: str) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
     """The normalisation of ``mode``, with a :class:`ConvzooWarning` when it differs from the one recorded
     for ``t``."""
-    if mode not in NORMALIZATION:
-        raise ConfigError(f"preprocessing mode must be one of {', '.join(NORMALIZATION)}, got {mode!r}")
     recorded = _mode_of(t.mean, t.std, t.bgr)
     if recorded != mode:
         warnings.warn(f"--preprocessing {mode} differs from the {recorded!r} preprocessing recorded with "
                       f"{t.checkpoint}; using {mode!r}", ConvzooWarning, stacklevel=3)
-    mean, std, bgr = NORMALIZATION[mode]
+    mean, std, bgr = mode_stats(mode)
     return tuple(mean), tuple(std), bgr
 
 
@@ -157,10 +156,8 @@ def _from_checkpoint(path: Path) -> _Target:
     info = model.checkpoint_info
     cfg = model.default_cfg
     mode = recorded_preprocessing(model)
-    mean, std, bgr = NORMALIZATION.get(mode, (None, None, False))
+    mean, std, bgr = mode_stats(mode)
     mean, std = info.extra.get("mean", mean), info.extra.get("std", std)
-    if mean is None or std is None:
-        raise CheckpointError(f"{info.path}: no normalisation known for preprocessing {mode!r}")
     classes = info.class_names or [str(i) for i in range(model.num_classes)]
     return _Target(model, info.model, info.path, info.extra.get("epoch"), classes, tuple(mean), tuple(std),
                    info.extra.get("bgr", bgr), tuple(cfg.input_size[1:]),

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .. import __version__
+from ..version import __version__
 from ..data import ArrayDataset, BatchLoader, check_batch_size
 from ..errors import CheckpointError, ConfigError, DivergedError
 from ..optimize import tune_cpu_allocator

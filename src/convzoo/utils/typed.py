@@ -29,10 +29,11 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
     does not fit."""
     try:
         return _coerce(value, hint)
-    except _Mismatch:
+    except _Mismatch as exc:
         shown = repr(value)
         shown = shown if len(shown) <= _MAX_SHOWN else shown[:_MAX_SHOWN - 3] + "..."
-        raise ConfigError(f"{name}: expected {describe(hint)}, got {shown}") from None
+        why = f" ({exc.args[0]})" if exc.args else ""
+        raise ConfigError(f"{name}: expected {describe(hint)}, got {shown}{why}") from None
 
 
 def describe(hint: Any) -> str:
@@ -115,7 +116,7 @@ def _dataclass(value: Any, hint: type) -> Any:
     hints = typing.get_type_hints(hint)
     fields = {f.name for f in dataclasses.fields(hint)}
     if set(value) - fields:
-        raise _Mismatch
+        raise _Mismatch(f"{hint.__name__} has no field {', '.join(sorted(set(value) - fields))}")
     try:
         return hint(**{k: _coerce(v, hints[k]) for k, v in value.items()})
     except TypeError:

@@ -3,25 +3,28 @@
 The config records the registered model name, the :func:`~convzoo.create_model` arguments that rebuild it,
 the class names, the model's ``default_cfg`` (preprocessing, input size, ...), the record of the weights it
 was loaded from (``model.weights_meta``, see :mod:`.records`) and a free-form ``extra`` dict, so
-:func:`load_checkpoint` rebuilds the model in one call. Files are written atomically: a temporary
-file in the same folder, flushed to disk, then renamed over the target. Optimiser or trainer state does not
-belong here; keep it in its own file.
+:func:`~convzoo.weights.loading.load_checkpoint` rebuilds the model in one call. Files are written atomically
+(:func:`convzoo.utils.fileio.atomic_write`). Optimiser or trainer state does not belong here; keep it in its
+own file.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
 from ..errors import CheckpointError, WeightsError
-from ..registry import ModelCfg, create_model, get_model_cfg, model_kwargs_from_json
+from ..models.base import ConvNet
+from ..models.spec import ModelCfg
+from ..registry import build_model, get_model_cfg, model_kwargs_from_json
+from ..utils.fileio import atomic_write
+from ..version import __version__
 from . import formats
 
 FORMAT_VERSION = 1
@@ -69,14 +72,14 @@ def model_args_of(model: nn.Module) -> dict[str, Any]:
         args["input_size"] = list(cfg.input_size[1:])
     if model.drop_rate != registered.drop_rate:
         args["drop_rate"] = model.drop_rate
-    if getattr(model, "AuxLogits", None) is not None:
+    if model.aux_logits:
         args["aux_logits"] = True
     return args
 
 
 def _check_rebuilds(model: nn.Module, name: str, args: dict[str, Any]) -> None:
     with torch.device("meta"):
-        rebuilt = create_model(name, **model_kwargs_from_json(name, args)).state_dict()
+        rebuilt = build_model(name, **model_kwargs_from_json(name, args)).state_dict()
     have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     want = {k: tuple(v.shape) for k, v in rebuilt.items()}
     if have != want:
@@ -85,23 +88,9 @@ def _check_rebuilds(model: nn.Module, name: str, args: dict[str, Any]) -> None:
                               f"{diff[0][0]}); pass model_args= with the arguments it was built with")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    if hasattr(os, "O_DIRECTORY"):
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+def saved_cfg(cfg: ModelCfg) -> dict[str, Any]:
+    """The stored fields of ``cfg`` that a checkpoint keeps (not the builder or its arguments)."""
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("kwargs", "builder")}
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, class_names: Sequence[str] | None = None,
@@ -112,14 +101,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, class_names: Sequence[st
     ``class_names``: one per output class. ``extra``: any JSON-serialisable metadata (epoch, metrics, ...).
     ``model_args``: the ``create_model`` arguments, when they cannot be read off the model, as JSON (tables
     as lists and objects, read back by :func:`~convzoo.registry.model_kwargs_from_json`); the model is
-    rebuilt on the meta device to check them, and a mismatch is a :class:`CheckpointError`.
+    rebuilt on the meta device to check them, and a mismatch is a :class:`CheckpointError`. A file that
+    cannot be written is an :class:`~convzoo.errors.OutputError`.
     """
-    from safetensors.torch import save
-
-    from .. import __version__
-
-    from ..models.base import ConvNet
-
     model = _unwrap(model)
     cfg = getattr(model, "default_cfg", None)
     if not isinstance(model, ConvNet) or not isinstance(cfg, ModelCfg):
@@ -132,7 +116,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, class_names: Sequence[st
             raise CheckpointError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
     meta = getattr(model, "weights_meta", None)
     config = dict(model=cfg.name, model_args=args, class_names=class_names,
-                  default_cfg={k: v for k, v in cfg.as_dict().items() if k != "kwargs"}, extra=extra or {},
+                  default_cfg=saved_cfg(cfg), extra=extra or {},
                   weights_meta=None if meta is None else meta.as_dict())
     try:
         header = json.dumps(config, allow_nan=False)
@@ -145,8 +129,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, class_names: Sequence[st
     path = Path(path)
     if path.is_dir():
         path = path / formats.CHECKPOINT_FILE
-    _write_atomic(path, save(tensors, metadata=metadata))
-    return path
+    return atomic_write(path, save(tensors, metadata=metadata))
 
 
 def read_checkpoint(path: str | Path) -> CheckpointInfo:
@@ -166,35 +149,3 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
                               None if weights_meta is None else dict(weights_meta))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{file}: broken checkpoint config ({type(exc).__name__}: {exc})") from None
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model saved at ``path`` and load its tensors (every one must fit).
-
-    The model's ``default_cfg`` is restored, ``model.class_names`` is set (None when none were saved),
-    ``model.weights_meta`` holds the saved weight record (None when none was saved) and
-    ``model.checkpoint_info`` the :class:`CheckpointInfo` (``extra`` included). Like ``create_model``,
-    it returns the model in training mode; call ``.eval()`` for inference.
-    """
-    from .loading import LoadReport, apply_mapped
-    from .records import WeightRecord
-    from .torch_state import read_safetensors, state_to_convzoo
-
-    info = read_checkpoint(path)
-    model = create_model(info.model, **model_kwargs_from_json(info.model, info.model_args))
-    try:
-        state, _ = read_safetensors(info.path)
-        apply_mapped(model, state_to_convzoo(state, layout="convzoo checkpoint"),
-                     LoadReport(str(info.path), formats.CONVZOO, "convzoo checkpoint"), lenient_head=False)
-    except WeightsError as exc:
-        raise CheckpointError(str(exc)) from None
-    names = {f.name for f in fields(ModelCfg)} - {"name", "kwargs"}
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info.default_cfg.items() if k in names}
-    model.default_cfg = model.pretrained_cfg = replace(model.default_cfg, **saved)
-    model.class_names = info.class_names
-    try:
-        model.weights_meta = None if info.weights_meta is None else WeightRecord.from_dict(info.weights_meta)
-    except TypeError as exc:
-        raise CheckpointError(f"{info.path}: broken weight record ({exc})") from None
-    model.checkpoint_info = info
-    return model.to(device)

@@ -1,12 +1,13 @@
 """Folding a per-channel affine input transform into a model's first convolution.
 
-torchvision's Inception V3 weights were trained behind ``transform_input``: the model takes inputs
-normalised with the ImageNet mean and std (``'torch'`` preprocessing) and maps channel c to
-``x * std_c / 0.5 + (mean_c - 0.5) / 0.5``. Folding that into the first convolution (unpadded, so the fold
-is exact at the borders too) scales its kernel per input channel and adds a constant per output channel,
-which goes into the convolution's bias or, when it has none, into the following BatchNorm's running mean.
-Compared with torchvision's model (``transform_input=True``) module by module, the first convolution's
-output therefore differs by that constant while its BatchNorm's output, and everything after, agrees.
+Some published weights were trained behind a fixed input transform inside the model: torchvision's
+Inception V3 (``transform_input``) takes inputs normalised with the ImageNet mean and std (``'torch'``
+preprocessing) and maps channel c to ``x * std_c / 0.5 + (mean_c - 0.5) / 0.5``. The record of such a file
+gives that (scale, shift). Folding it into the first convolution (unpadded, so the fold is exact at the
+borders too) scales its kernel per input channel and adds a constant per output channel, which goes into the
+convolution's bias or, when it has none, into the following BatchNorm's running mean. Compared module by
+module with the publisher's model, the first convolution's output therefore differs by that constant while
+its BatchNorm's output, and everything after, agrees.
 """
 
 from __future__ import annotations
@@ -15,24 +16,21 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-TORCHVISION_INCEPTION_SCALE = tuple(s / 0.5 for s in IMAGENET_STD)
-TORCHVISION_INCEPTION_SHIFT = tuple((m - 0.5) / 0.5 for m in IMAGENET_MEAN)
 
 
 def fold_input_affine(model: nn.Module, scale: tuple[float, ...], shift: tuple[float, ...]) -> str:
     """Change ``model`` so that ``model(x)`` computes what it computed on ``scale * x + shift`` (per input
     channel). The first convolution (``default_cfg.first_conv``) must be unpadded, and without a bias it
-    must be followed by a BatchNorm (its sibling ``bn``). Returns the path of the convolution changed."""
+    must be followed by a BatchNorm (the model's ``conv_bn_pairs``). Returns the path of the convolution
+    changed; :class:`WeightsError` when it cannot be folded."""
     path = model.default_cfg.first_conv
     conv = model.get_submodule(path)
     if not isinstance(conv, nn.Conv2d) or tuple(conv.padding) != (0, 0) or getattr(conv, "dynamic_same", False):
         raise WeightsError(f"cannot fold the input transform into {path}: it must be an unpadded convolution")
     bn = None
     if conv.bias is None:
-        parent, _, _ = path.rpartition(".")
-        bn = getattr(model.get_submodule(parent), "bn", None) if parent else None
+        bn_path = dict(model.conv_bn_pairs()).get(path)
+        bn = model.get_submodule(bn_path) if bn_path is not None else None
         if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
             raise WeightsError(f"cannot fold the input transform into {path}: no bias and no BatchNorm after it")
     with torch.no_grad():

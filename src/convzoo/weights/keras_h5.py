@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from ..errors import WeightsError
@@ -107,8 +108,6 @@ def read_keras(path: str | Path, archive: bool = False) -> tuple[str, list[Keras
     """Read every Keras layer that has weights from ``path``; returns the layout (``'legacy'`` or ``'keras3'``)
     and the layers in file order. ``archive=True`` reads ``model.weights.h5`` inside a ``.keras`` zip.
     Anything unreadable (truncated file, missing dataset) is a one-line :class:`WeightsError`."""
-    import h5py
-
     path = Path(path)
     try:
         if archive:
@@ -135,8 +134,6 @@ _KERAS_BN_MOMENTUM = 0.99
 def read_keras_config(path: str | Path, archive: bool = False) -> dict[str, Any] | None:
     """The model configuration a Keras file carries (a whole-model legacy ``.h5``'s ``model_config``
     attribute, a ``.keras`` archive's ``config.json``), or None for a weights-only file."""
-    import h5py
-
     try:
         if archive:
             with zipfile.ZipFile(path) as z:

@@ -1,26 +1,35 @@
-"""One way in: :func:`load_weights` reads any supported file into a convzoo model, strictly, and reports."""
+"""One way in: :func:`load_weights` reads any supported file into a convzoo model, strictly, and reports;
+:func:`load_checkpoint` rebuilds the model a convzoo checkpoint holds."""
 
 from __future__ import annotations
 
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import ChecksumError, WeightsError
+from ..errors import CheckpointError, ConfigError, WeightsError
+from ..models.base import FeatureExtractor
+from ..models.spec import ModelCfg, WeightRecord
+from ..registry import build_model, model_kwargs_from_json
 from . import formats
+from .checkpoint import read_checkpoint
+from .fold import fold_input_affine
+from .hub import fetch_pretrained
+from .keras_h5 import batchnorm_settings, read_keras, read_keras_config
+from .keras_map import guess_keras_model, keras_to_convzoo
 from .layouts import TORCH_DEPTHWISE, TORCH_POINTWISE, fit_kernel
 from .mapping import Mapped
-from .records import WeightRecord, find_record
+from .records import published_record, record_for_file
+from .torch_state import guess_torch_model, read_safetensors, read_torch, state_to_convzoo
 
 log = logging.getLogger(__name__)
 
 _SHOWN = 4
-_AUX = "AuxLogits."
 
 
 @dataclass
@@ -28,7 +37,7 @@ class LoadReport:
     """What :func:`load_weights` did: the file, its ``format`` and key ``layout``, the convzoo keys
     ``loaded``, the classifier tensors ``skipped`` (with why), and ``missing``/``unexpected``/``mismatched``
     entries (empty after a strict load; with ``strict=False`` what was left out), ``notes`` (conversions,
-    BatchNorm conventions, folds) and the :class:`~.records.WeightRecord` attached to the model."""
+    BatchNorm conventions, folds) and the :class:`~convzoo.models.spec.WeightRecord` attached to the model."""
 
     path: str
     format: str
@@ -71,30 +80,42 @@ def _shape(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
 
 
-def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
-    classifier = getattr(getattr(model, "default_cfg", None), "classifier", "fc") or "fc"
-    return f"{classifier}.", f"{_AUX}fc."
+@dataclass(frozen=True)
+class _Heads:
+    """What a lenient load may skip: tensors under the classifiers' prefixes, and the whole auxiliary head
+    (``aux``, e.g. ``'AuxLogits.'``) when the model was built without it."""
+
+    classifiers: tuple[str, ...] = ()
+    aux: str | None = None
+    model_has_aux: bool = False
+
+    def skippable(self, key: str, in_model: bool) -> bool:
+        """Whether ``key`` (present in the model or not) belongs to a head a lenient load may skip."""
+        if key.startswith(self.classifiers):
+            return True
+        return self.aux is not None and key.startswith(self.aux) and (in_model or not self.model_has_aux)
 
 
-def apply_mapped(model: nn.Module, mapped: Mapped, report: LoadReport, strict: bool = True,
-                 lenient_head: bool = True) -> LoadReport:
-    """Copy ``mapped`` into ``model``. Classifier (and auxiliary classifier) tensors that do not fit, because
-    the model has no classifier or another number of classes, are skipped with a warning when
-    ``lenient_head``; anything else missing, unexpected or of another shape raises one :class:`WeightsError`
-    line when ``strict`` (else it is left out, reported and warned about)."""
-    target = model.state_dict(keep_vars=True)
-    heads = _head_prefixes(model) if lenient_head else ()
-    has_aux = any(k.startswith(_AUX) for k in target)
+def _heads(model: nn.Module, target: dict[str, torch.Tensor]) -> _Heads:
+    cfg = getattr(model, "default_cfg", None)
+    if not isinstance(cfg, ModelCfg):
+        return _Heads()
+    aux = cfg.aux_classifier.rpartition(".")[0] + "." if cfg.aux_classifier else None
+    return _Heads(tuple(f"{c}." for c in (cfg.classifier, cfg.aux_classifier) if c), aux,
+                  aux is not None and any(k.startswith(aux) for k in target))
+
+
+def _sort_tensors(model: nn.Module, mapped: Mapped, target: dict[str, torch.Tensor], heads: _Heads,
+                  report: LoadReport) -> dict[str, torch.Tensor]:
+    """The tensors of ``mapped`` that fit ``model`` (kernels stored in another layout converted); what does
+    not fit goes into ``report`` (skipped heads, unexpected and mismatched tensors)."""
     keras_source = mapped.layout.startswith("keras")
     loaded = {}
     for key, (value, origin) in mapped.tensors.items():
-        is_head = key.startswith(heads) or (lenient_head and key.startswith(_AUX) and not has_aux)
+        is_head = heads.skippable(key, in_model=False)
         src = origin if origin == f"'{key}'" else f"{origin} -> {key}"
         if key not in target:
-            if is_head:
-                report.skipped.append(f"{src} (not in the model)")
-            else:
-                report.unexpected.append(src)
+            (report.skipped if is_head else report.unexpected).append(src + (" (not in the model)" if is_head else ""))
         elif tuple(value.shape) != tuple(target[key].shape):
             fitted = None if keras_source else _fit_layout(model, key, value, src)
             if fitted is None:
@@ -106,12 +127,24 @@ def apply_mapped(model: nn.Module, mapped: Mapped, report: LoadReport, strict: b
                     report.notes.append(f"{src}: kernel stored as {layout}, converted")
         else:
             loaded[key] = value
+    return loaded
+
+
+def apply_mapped(model: nn.Module, mapped: Mapped, report: LoadReport, strict: bool = True,
+                 lenient_head: bool = True) -> LoadReport:
+    """Copy ``mapped`` into ``model``. Classifier (and auxiliary classifier) tensors that do not fit, because
+    the model has no classifier or another number of classes, are skipped with a warning when
+    ``lenient_head``; anything else missing, unexpected or of another shape raises one :class:`WeightsError`
+    line when ``strict`` (else it is left out, reported and warned about)."""
+    target = model.state_dict(keep_vars=True)
+    heads = _heads(model, target) if lenient_head else _Heads()
+    loaded = _sort_tensors(model, mapped, target, heads, report)
     report.unexpected.extend(mapped.unplaced)
     report.mismatched.extend(mapped.mismatched)
     for key in target:
         if key in mapped.tensors or key.endswith("num_batches_tracked"):
             continue
-        if key.startswith(heads) or (lenient_head and key.startswith(_AUX)):
+        if heads.skippable(key, in_model=True):
             report.skipped.append(f"{key} (not in the file; left as initialised)")
         else:
             report.missing.append(key)
@@ -164,27 +197,26 @@ def _apply_batchnorm(model: nn.Module, settings: dict[str, tuple[float, float]],
                             f"on {_listing(changed, 'layers')}; the file's applied")
 
 
+def _read_keras_mapped(path: Path, fmt: str, model: nn.Module) -> Mapped:
+    archive = fmt == formats.KERAS_ARCHIVE
+    layout, layers = read_keras(path, archive=archive)
+    try:
+        mapped = keras_to_convzoo(layers, model)
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
+    mapped.layout = f"keras ({layout})"
+    mapped.guess = guess_keras_model(layers)
+    config = read_keras_config(path, archive=archive)
+    for name, (eps, momentum) in batchnorm_settings(config or {}).items():
+        if name in mapped.modules:
+            mapped.batchnorm[mapped.modules[name]] = (eps, 1.0 - momentum)
+    return mapped
+
+
 def read_mapped(path: Path, fmt: str, model: nn.Module) -> Mapped:
     """Read the file at ``path`` (of format ``fmt``) and rename its tensors to ``model``'s keys."""
     if fmt in (formats.KERAS_H5, formats.KERAS_ARCHIVE):
-        from .keras_h5 import batchnorm_settings, read_keras, read_keras_config
-        from .keras_map import guess_keras_model, keras_to_convzoo
-
-        archive = fmt == formats.KERAS_ARCHIVE
-        layout, layers = read_keras(path, archive=archive)
-        try:
-            mapped = keras_to_convzoo(layers, model)
-        except TypeError as exc:
-            raise WeightsError(f"{path}: {exc}") from None
-        mapped.layout = f"keras ({layout})"
-        mapped.guess = guess_keras_model(layers)
-        config = read_keras_config(path, archive=archive)
-        for name, (eps, momentum) in batchnorm_settings(config or {}).items():
-            if name in mapped.modules:
-                mapped.batchnorm[mapped.modules[name]] = (eps, 1.0 - momentum)
-        return mapped
-    from .torch_state import guess_torch_model, read_safetensors, read_torch, state_to_convzoo
-
+        return _read_keras_mapped(path, fmt, model)
     if fmt == formats.TORCH:
         state = read_torch(path)
     else:
@@ -195,17 +227,12 @@ def read_mapped(path: Path, fmt: str, model: nn.Module) -> Mapped:
 
 
 def _record_of_file(model: nn.Module, file: Path, fmt: str, mapped: Mapped) -> WeightRecord | None:
-    """The record of a file no published record names (a convzoo checkpoint's stored one, if any)."""
-    from ..registry import ModelCfg
-    from .records import record_for_file
-
+    """The record of a file that is no published one (a convzoo checkpoint's stored one, if any)."""
     cfg = getattr(model, "default_cfg", None)
     if not isinstance(cfg, ModelCfg):
         return None
     saved_mode = None
     if fmt == formats.CONVZOO:
-        from .checkpoint import read_checkpoint
-
         info = read_checkpoint(file)
         if info.weights_meta is not None:
             return WeightRecord.from_dict(info.weights_meta)
@@ -226,42 +253,58 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Loa
     anything else missing, left over or of the wrong shape raises :class:`WeightsError`, one line naming
     the tensors.
 
-    A file named like a published one must match its record's hash (else :class:`ChecksumError`). The
-    model gets the file's :class:`~.records.WeightRecord` as ``model.weights_meta`` (also in the report):
-    the published record, else one built from the file. BatchNorm epsilon and momentum stated in a Keras
-    file's model configuration are applied; torchvision Inception V3 weights get their ``transform_input``
-    folded into the first convolution.
+    The model gets the file's :class:`~convzoo.models.spec.WeightRecord` as ``model.weights_meta`` (also in
+    the report): the published record the file is (by its contents, see :mod:`.records`; a file named like a
+    published one must match its hash, else :class:`~convzoo.errors.ChecksumError`), else one built from the
+    file. BatchNorm epsilon and momentum stated in a Keras file's model configuration are applied; a
+    published record's ``input_affine`` (torchvision's Inception V3 ``transform_input``) is folded into the
+    first convolution.
     """
-    from ..models.base import FeatureExtractor
-
     if isinstance(model, FeatureExtractor):
         raise WeightsError("load weights into the whole model, then build the feature extractor")
     record = None
     if isinstance(path, str) and path.split(":", 1)[0] == "imagenet":
-        from .hub import fetch_pretrained
-
         record, path = fetch_pretrained(model, path)
     fmt, file = formats.detect_format(path)
     if record is None:
-        from .hub import verify
-
-        record = find_record(file.name)
-        if record is not None:
-            try:
-                verify(file, record.hash, str(file), record.size)
-            except ChecksumError as exc:
-                raise ChecksumError(f"{exc}; the file is named as the published {record.name} weights") from None
+        cfg = getattr(model, "default_cfg", None)
+        record = published_record(file, cfg.name if isinstance(cfg, ModelCfg) else None)
     mapped = read_mapped(file, fmt, model)
     report = apply_mapped(model, mapped, LoadReport(str(file), fmt, mapped.layout), strict=strict)
-    if record is not None and record.transform_input:
-        from .fold import TORCHVISION_INCEPTION_SCALE, TORCHVISION_INCEPTION_SHIFT, fold_input_affine
-
-        folded = fold_input_affine(model, TORCHVISION_INCEPTION_SCALE, TORCHVISION_INCEPTION_SHIFT)
-        report.notes.append(f"torchvision's transform_input folded into {folded}: the model takes "
-                            f"{record.preprocessing!r} preprocessing")
-    if record is None:
-        record = _record_of_file(model, file, fmt, mapped)
-    report.record = record
-    if record is not None:
-        model.weights_meta = record
+    if record is not None and record.input_affine is not None:
+        folded = fold_input_affine(model, *record.input_affine)
+        report.notes.append(f"the publisher's transform_input folded into {folded} ({record.name}): the model "
+                            f"takes {record.preprocessing!r} preprocessing")
+    report.record = record if record is not None else _record_of_file(model, file, fmt, mapped)
+    if report.record is not None:
+        model.weights_meta = report.record
     return report
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model saved at ``path`` and load its tensors (every one must fit).
+
+    The model's ``default_cfg`` is restored, ``model.class_names`` is set (None when none were saved),
+    ``model.weights_meta`` holds the saved weight record (None when none was saved) and
+    ``model.checkpoint_info`` the :class:`~.checkpoint.CheckpointInfo` (``extra`` included). Like
+    ``create_model``, it returns the model in training mode; call ``.eval()`` for inference. Raises
+    :class:`CheckpointError`.
+    """
+    info = read_checkpoint(path)
+    model = build_model(info.model, **model_kwargs_from_json(info.model, info.model_args))
+    try:
+        state, _ = read_safetensors(info.path)
+        apply_mapped(model, state_to_convzoo(state, layout="convzoo checkpoint"),
+                     LoadReport(str(info.path), formats.CONVZOO, "convzoo checkpoint"), lenient_head=False)
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
+    names = {f.name for f in fields(ModelCfg)} - {"name", "kwargs", "builder"}
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info.default_cfg.items() if k in names}
+    model.default_cfg = model.pretrained_cfg = replace(model.default_cfg, **saved)
+    model.class_names = info.class_names
+    try:
+        model.weights_meta = None if info.weights_meta is None else WeightRecord.from_dict(info.weights_meta)
+    except (TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{info.path}: broken weight record ({exc})") from None
+    model.checkpoint_info = info
+    return model.to(device)

@@ -1,5 +1,5 @@
-"""Keras references for ``convzoo verify-import``: which ``keras.applications`` model a registered model
-reproduces, building it, and loading a Keras weight file into it with Keras' own loader.
+"""Keras references for ``convzoo verify-import``: building the ``keras.applications`` model a registered
+model reproduces (``ModelCfg.exact_reference('keras')``) and loading a Keras weight file into it with Keras' own loader.
 
 Keras is an optional dependency: :func:`require_keras` turns its absence into one :class:`ConvzooError` line.
 """
@@ -12,16 +12,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConvzooError, WeightsError
-from ..registry import ModelCfg
 from . import formats
 from .mapping import one_line
-
-_PREFIX = "keras.applications."
-
-
-def keras_application(cfg: ModelCfg) -> str | None:
-    """The ``keras.applications`` builder a registered model reproduces (``'Xception'``), or None."""
-    return cfg.reference[len(_PREFIX):] if cfg.reference.startswith(_PREFIX) else None
 
 
 def require_keras() -> Any:

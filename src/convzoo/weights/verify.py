@@ -2,10 +2,12 @@
 
 The same input runs through both. convzoo's module outputs are captured with forward hooks; the reference's
 with a ``keras.Model`` over the mapped layers' outputs (Keras) or with forward hooks (torchvision, timm).
-Keras layers are paired with convzoo modules by the importer's own placement (:mod:`.keras_map`): every
-Conv2D, SeparableConv2D, DepthwiseConv2D, BatchNormalization and Dense layer, plus the block outputs whose
-counterpart is clear (Xception's ``add`` layers, Inception's ``mixedN``, ResNet's ``convS_blockB_out``).
-torch modules are paired through the importer's key renaming (:mod:`.torch_state`).
+Keras layers are paired with convzoo modules by the importer's own placement (the family's
+:class:`~convzoo.models.spec.KerasMapping`): every Conv2D, SeparableConv2D, DepthwiseConv2D,
+BatchNormalization and Dense layer, plus the block outputs the family names (Xception's ``add`` layers,
+Inception's ``mixedN``, ResNet's ``convS_blockB_out``). torch modules are paired through the importer's
+key renaming (:mod:`.torch_state`). :func:`prepare_keras_check` sets up ``convzoo verify-import``: the
+file loaded into convzoo and, with Keras' own loader, into the Keras application the model reproduces.
 
 A row diverges when its largest absolute difference exceeds ``atol + rtol * max|reference|``: ``rtol``
 absorbs float32 rounding in deep layers whose activations reach the hundreds (as with 'caffe' inputs). The
@@ -15,19 +17,26 @@ logits, compared before any softmax (a Keras Dense layer's pre-activation), agre
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConvzooError, WeightsError
+from ..registry import build_model, family_of, get_model_cfg, list_models
+from ..utils.tables import format_table
+from . import formats
+from .keras_h5 import read_keras
+from .keras_map import guess_keras_model, keras_placements
+from .loading import load_weights
+from .reference import build_keras_reference, load_into_keras, require_keras
+from .torch_state import rename_keys
+
 WEIGHTED_LAYERS = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "BatchNormalization", "Dense")
-_ADD = re.compile(r"add(?:_(\d+))?")
-_MIXED = re.compile(r"mixed(\d+)")
-_RESNET_OUT = re.compile(r"conv(\d+)_block(\d+)_out")
 
 
 @dataclass(frozen=True)
@@ -85,9 +94,7 @@ class ImportReport:
         first = self.first_divergent
         cells = [(">>" if r.name == first else "!" if r.diverges else "", r.name, r.path, str(r.shape),
                   f"{r.max_abs:.3g}", f"{r.max_rel:.3g}") for r in self.rows]
-        widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *cells]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = format_table(header, cells).splitlines()
         verdict = "agree" if self.agree else "DIFFER"
         lines.append(f"logits: max abs diff {self.max_abs_logit_diff:.3g} (tolerance {self.atol:g} + "
                      f"{self.rtol:g} x max|logit| = {self.tolerance:.3g}): {verdict}; "
@@ -121,9 +128,9 @@ def _capture(store: dict[str, torch.Tensor], name: str, module: nn.Module, args:
 
 
 def _logits(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    return out.logits if hasattr(out, "logits") else out[0]
+    """The main logits of a convzoo model's or a reference's output: a tensor, or a named pair's ``logits``
+    (convzoo's :class:`~convzoo.models.base.LogitsWithAux`, torchvision's ``InceptionOutputs``)."""
+    return out if isinstance(out, torch.Tensor) else out.logits
 
 
 def run_hooked(model: nn.Module, inputs: torch.Tensor, paths: Iterable[str]
@@ -152,33 +159,9 @@ def _has_module(model: nn.Module, path: str) -> bool:
     return True
 
 
-def _keras_nodes(names: list[str], model: nn.Module) -> dict[str, str]:
-    """Keras block-output layers whose convzoo counterpart is clear, by Keras name."""
-    from ..models.inception_v3 import InceptionV3
-    from ..models.resnet import ResNet
-    from ..models.xception import Xception
-
-    out: dict[str, str] = {}
-    if isinstance(model, Xception):
-        adds = sorted((n for n in names if _ADD.fullmatch(n)),
-                      key=lambda n: int(_ADD.fullmatch(n).group(1) or -1))
-        blocks = [n for n in model.stage_names if getattr(getattr(model, n), "cfg", None) is not None
-                  and getattr(model, n).cfg.residual]
-        if len(adds) == len(blocks):
-            out.update(zip(adds, blocks))
-    elif isinstance(model, InceptionV3):
-        mixed = [n for n in model.stage_names if n.startswith("Mixed_")]
-        for n in names:
-            m = _MIXED.fullmatch(n)
-            if m and int(m.group(1)) < len(mixed):
-                out[n] = mixed[int(m.group(1))]
-    elif isinstance(model, ResNet):
-        for n in names:
-            if m := _RESNET_OUT.fullmatch(n):
-                out[n] = f"conv{m.group(1)}.block{m.group(2)}"
-            elif n == "post_relu":
-                out[n] = "post_bn"
-    return {n: p for n, p in out.items() if _has_module(model, p)}
+def _keras_block_outputs(names: list[str], model: nn.Module) -> dict[str, str]:
+    family = family_of(model)
+    return family.keras.block_outputs(names, model) if family is not None and family.keras is not None else {}
 
 
 def _dense_logits(layer: Any, features: np.ndarray) -> np.ndarray:
@@ -197,17 +180,11 @@ def compare_with_keras(keras_model: Any, model: nn.Module, inputs: torch.Tensor,
     the same weights and compare them layer by layer (see the module docstring)."""
     import keras
 
-    from .keras_h5 import KerasLayer
-    from .keras_map import keras_placements
-    from .mapping import Mapped
-
     layers = list(keras_model.layers)
     by_name = {layer.name: layer for layer in layers}
-    weighted = [KerasLayer(layer.name) for layer in layers
-                if type(layer).__name__ in WEIGHTED_LAYERS and layer.weights]
-    pairs = {(partner or layer).name: path
-             for layer, path, partner in keras_placements(weighted, model, Mapped(layout="keras"))}
-    pairs.update(_keras_nodes(list(by_name), model))
+    weighted = [layer.name for layer in layers if type(layer).__name__ in WEIGHTED_LAYERS and layer.weights]
+    pairs = {partner or name: path for name, path, partner in keras_placements(weighted, model)[0]}
+    pairs.update(_keras_block_outputs(list(by_name), model))
     pairs = {n: p for n, p in pairs.items() if _has_module(model, p)}
     order = {layer.name: i for i, layer in enumerate(layers)}
     names = sorted(pairs, key=order.__getitem__)
@@ -243,8 +220,6 @@ def compare_with_torch(reference: nn.Module, model: nn.Module, inputs: torch.Ten
     """Run ``inputs`` through a torchvision/timm model and a convzoo model holding the same weights and compare
     every module that owns weights, paired through the importer's key renaming, in the reference's
     execution order."""
-    from .torch_state import rename_keys
-
     ref_modules = dict(reference.named_modules())
     pairs: dict[str, str] = {}
     for key, new in rename_keys(list(reference.state_dict())).items():
@@ -256,3 +231,42 @@ def compare_with_torch(reference: nn.Module, model: nn.Module, inputs: torch.Ten
     rows = [_row(n, pairs[n], value.cpu().numpy(), ours[pairs[n]], atol, rtol)
             for n, value in theirs.items() if pairs[n] in ours]
     return _report("torch module", rows, ref_out.cpu().numpy(), out, atol, rtol)
+
+
+@dataclass
+class KerasCheck:
+    """What ``convzoo verify-import`` compares: the Keras ``file`` (format ``fmt``), the convzoo ``model``
+    loaded from it by convzoo, and the ``keras.applications.<app>`` model loaded from it by Keras."""
+
+    file: Path
+    fmt: str
+    app: str
+    model: nn.Module
+    keras_model: Any
+
+
+def prepare_keras_check(path: str | Path, model_name: str) -> KerasCheck:
+    """Load the Keras file at ``path`` into registered model ``model_name`` (with or without its classifier,
+    as the file has it) and, with Keras' own loader, into the Keras application the model reproduces exactly.
+    Raises :class:`ConvzooError` for a model without a Keras reference or without Keras installed, and
+    :class:`WeightsError` for a file that is not a Keras file or belongs to another model."""
+    cfg = get_model_cfg(model_name)
+    app = cfg.exact_reference("keras")
+    if app is None:
+        known = [n for n in list_models() if get_model_cfg(n).exact_reference("keras")]
+        raise ConvzooError(f"{model_name} has no Keras reference (it reproduces {cfg.reference}); verify-import "
+                           f"compares these with keras.applications: {', '.join(known)}")
+    fmt, file = formats.detect_format(path)
+    if fmt not in (formats.KERAS_H5, formats.KERAS_ARCHIVE):
+        raise WeightsError(f"{file}: a {fmt} file; verify-import compares Keras files (.h5, .weights.h5, .keras)")
+    require_keras()
+    layout, layers = read_keras(file, archive=fmt == formats.KERAS_ARCHIVE)
+    guess = guess_keras_model(layers)
+    if guess is not None and guess != cfg.name:
+        raise WeightsError(f"{file} holds {guess} weights, not {cfg.name}")
+    include_top = any(layer.name == "predictions" for layer in layers)
+    model = build_model(cfg.name, **({} if include_top else {"include_top": False, "pooling": "avg"}))
+    load_weights(model, file)
+    keras_model = build_keras_reference(app, include_top)
+    load_into_keras(keras_model, file, fmt, layout)
+    return KerasCheck(file, fmt, app, model, keras_model)
