@@ -1,19 +1,37 @@
-"""Export to ONNX, TorchScript and ``torch.export`` (.pt2), each with a dynamic batch axis; a model built with
-an auxiliary head is exported with its main logits only."""
+"""Export to ONNX, TorchScript and ``torch.export`` (.pt2), each with a dynamic batch; a model built with an
+auxiliary head is exported with its main logits only.
+
+Every exported file is right at every input size it accepts, and refuses the others:
+
+- TorchScript and .pt2 take any height and width from the model's minimum input size up, computing
+  TensorFlow's 'same' padding for the size they are run at (see :mod:`convzoo.layers`); a smaller input is
+  refused by the program (TorchScript: a ``ValueError`` naming the minimum; .pt2: a failed guard
+  ``x.size()[2] >= MIN``).
+- ONNX has no way to state a minimum size, so it is exported for the model's input size only (its
+  ``default_cfg['input_size']``); ONNX Runtime refuses another size with a message naming the expected one.
+"""
 
 from __future__ import annotations
 
+import io
+import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+import torch.fx.experimental._config as shape_config
 from torch import nn
 
 from .errors import ConfigError, ConvzooError
 from .models.base import logits_of
-from .utils.fileio import ensure_dir
+from .utils.fileio import atomic_write
 
 FORMATS = ("onnx", "torchscript", "pt2")
+# The file extensions each format is written with.
+EXTENSIONS = {"onnx": (".onnx",), "torchscript": (".pt", ".torchscript"), "pt2": (".pt2",)}
+# Formats whose files take any input size from the model's minimum up (the others: the exported size only).
+DYNAMIC_SIZE = ("torchscript", "pt2")
+MAX_BATCH = 4096
 
 
 class ExportError(ConvzooError):
@@ -35,35 +53,60 @@ def _example(model: nn.Module, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, *model.default_cfg.input_size)
 
 
-def _export(model: nn.Module, x: torch.Tensor, path: Path, fmt: str) -> None:
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    if fmt == "onnx":
-        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
-                                    dynamic_shapes=({0: batch},), verbose=False)
+def _onnx(model: nn.Module, x: torch.Tensor) -> bytes:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
+                                dynamic_shapes=({0: batch},), verbose=False)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
         program.save(str(path))
-    elif fmt == "torchscript":
-        with torch.no_grad():
-            torch.jit.save(torch.jit.trace(model, x), str(path))
-    else:
-        torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: batch},)), str(path))
+        return path.read_bytes()
+
+
+def _torchscript(model: nn.Module, x: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(model, x), buffer)
+    return buffer.getvalue()
+
+
+def _pt2(model: nn.Module, x: torch.Tensor, min_size: tuple[int, int]) -> bytes:
+    dims = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH), 2: torch.export.Dim("height", min=min_size[0]),
+            3: torch.export.Dim("width", min=min_size[1])}
+    # A size-1 feature map (e.g. Inception's last grid at its minimum input) changes no result, only which
+    # memory layout is contiguous: reason about sizes as if none were 1, instead of refusing those sizes.
+    with shape_config.patch(backed_size_oblivious=True):
+        program = torch.export.export(model, (x,), dynamic_shapes=(dims,))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def _serialise(model: nn.Module, fmt: str) -> bytes:
+    x = _example(model)
+    traced = MainLogits(model).eval() if getattr(model, "aux_logits", False) else model
+    if fmt == "onnx":
+        return _onnx(traced, x)
+    if fmt == "torchscript":
+        return _torchscript(traced, x)
+    return _pt2(traced, x, tuple(model.default_cfg.min_input_size[1:]))
 
 
 def export_model(model: nn.Module, path: str | Path, fmt: str) -> Path:
     """Write ``model`` (put in eval mode) to ``path`` as ``fmt`` ('onnx', 'torchscript' or 'pt2') with a
-    dynamic batch: float32 (N, C, H, W) in, logits (N, classes) out. Raises :class:`ConfigError` (unknown
-    format) and :class:`ExportError`."""
+    dynamic batch: float32 (N, C, H, W) in, the model's output (N, classes) out. TorchScript and .pt2 take
+    any H, W from the model's ``min_input_size`` up, ONNX its ``input_size`` only (see the module docstring).
+    The file is written atomically. Raises :class:`ConfigError` (unknown format),
+    :class:`~convzoo.errors.OutputError` (``path`` cannot be written) and :class:`ExportError`."""
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    path = Path(path)
-    ensure_dir(path.parent)
     model = model.eval()
-    x = _example(model)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _export(MainLogits(model).eval() if getattr(model, "aux_logits", False) else model, x, path, fmt)
+            data = _serialise(model, fmt)
     except ImportError as exc:
         raise ExportError(f"{fmt} export needs an optional package ({exc.name}): pip install 'convzoo[onnx]'") from None
     except (RuntimeError, torch._dynamo.exc.TorchDynamoException) as exc:
-        raise ExportError(f"{fmt} export failed: {str(exc).splitlines()[0]}") from None
-    return path
+        raise ExportError(f"{fmt} export failed: {str(exc).splitlines()[0][:200]}") from None
+    return atomic_write(path, data)

@@ -2,13 +2,18 @@
 
 TensorFlow/Keras ``'same'`` padding pads ``total = max((ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)``
 pixels and puts the odd one at the bottom/right. For stride 1 and odd kernels that is symmetric and
-static; otherwise it depends on the input size, so it is computed in ``forward``.
+static; otherwise it depends on the input size, so it is computed in ``forward``, for the actual size also
+in exported programs: in integer arithmetic that ``torch.export`` keeps symbolic (dynamic H and W), and,
+while ``torch.jit.trace`` records a TorchScript program, by TorchScript functions that the trace calls
+instead of baking the traced size's padding in.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+import warnings
+from functools import lru_cache
+from typing import Callable, List, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +30,20 @@ KERNEL_INITS = get_args(KernelInit)
 
 def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """Return the (before, after) padding TensorFlow's ``'same'`` uses along one axis."""
-    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    before, after = _window_pads(size, kernel, stride, dilation)
+    return before, torch.sym_max(after, 0)
+
+
+def _window_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TF 'same' (before, after) in integer arithmetic that ``torch.export`` keeps symbolic, so that two paths
+    of a block reach the same output size in a form it can prove equal; ``after`` is negative (a crop of
+    pixels no window reads) where a 1x1 window's stride skips the last ones."""
+    reach = (kernel - 1) * dilation + 1
+    total = ((size + stride - 1) // stride - 1) * stride + reach - size
+    if reach == 1:
+        return 0, total
+    if reach < stride:  # only then can the total go negative
+        total = torch.sym_max(total, 0)
     return total // 2, total - total // 2
 
 
@@ -37,8 +55,43 @@ def _is_static_same(kernel: tuple[int, int], stride: tuple[int, int], dilation: 
     return all(s == 1 and (d * (k - 1)) % 2 == 0 for k, s, d in zip(kernel, stride, dilation))
 
 
+def _script_pad_same(x: torch.Tensor, kernel: List[int], stride: List[int], dilation: List[int],
+                     value: float) -> torch.Tensor:
+    h, w = x.size(2), x.size(3)
+    th = max(((h + stride[0] - 1) // stride[0] - 1) * stride[0] + (kernel[0] - 1) * dilation[0] + 1 - h, 0)
+    tw = max(((w + stride[1] - 1) // stride[1] - 1) * stride[1] + (kernel[1] - 1) * dilation[1] + 1 - w, 0)
+    return F.pad(x, [tw // 2, tw - tw // 2, th // 2, th - th // 2], value=value)
+
+
+def _script_check_size(x: torch.Tensor, height: int, width: int, what: str) -> torch.Tensor:
+    if x.size(-2) < height or x.size(-1) < width:
+        raise ValueError(what + " needs inputs of at least " + str(height) + "x" + str(width) + ", got "
+                         + str(x.size(-2)) + "x" + str(x.size(-1)))
+    return x
+
+
+@lru_cache(maxsize=None)
+def _scripted(fn: Callable) -> Callable:
+    """``fn`` compiled by TorchScript (once), for a trace to call with the sizes of each run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.script(fn)
+
+
+def check_min_size_traced(x: torch.Tensor, height: int, width: int, what: str) -> torch.Tensor:
+    """``x``, after a check of its size that a TorchScript trace keeps (a ``ValueError`` when ``x`` is
+    smaller than ``height`` x ``width``); call it only while ``torch.jit.is_tracing()``."""
+    return _scripted(_script_check_size)(x, height, width, what)
+
+
 def _pad_same(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
               dilation: tuple[int, int], value: float = 0.0) -> torch.Tensor:
+    if torch.jit.is_tracing():
+        return _scripted(_script_pad_same)(x, list(kernel), list(stride), list(dilation), value)
+    if _traced_sizes(x):
+        ph = _window_pads(x.shape[-2], kernel[0], stride[0], dilation[0])
+        pw = _window_pads(x.shape[-1], kernel[1], stride[1], dilation[1])
+        return F.pad(x, (pw[0], pw[1], ph[0], ph[1]), value=value)
     ph = same_pad_amounts(x.shape[-2], kernel[0], stride[0], dilation[0])
     pw = same_pad_amounts(x.shape[-1], kernel[1], stride[1], dilation[1])
     if ph == (0, 0) and pw == (0, 0):
@@ -68,6 +121,12 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
 
+def _traced_sizes(x: torch.Tensor) -> bool:
+    """Whether ``x``'s sizes may differ when the program being traced runs (TorchScript trace, or symbolic
+    sizes in ``torch.export``): then no size-specific shortcut may be taken."""
+    return torch.jit.is_tracing() or not all(isinstance(n, int) for n in x.shape[-2:])
+
+
 class MaxPool2d(nn.Module):
     """Max pooling with ``'same'`` (TensorFlow: pad with -inf, extra at the bottom/right), ``'valid'`` or int padding."""
 
@@ -78,7 +137,7 @@ class MaxPool2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding == "same":
-            native = self._native_same(x.shape[-2], x.shape[-1])
+            native = None if _traced_sizes(x) else self._native_same(x.shape[-2], x.shape[-1])
             if native is not None:
                 return F.max_pool2d(x, self.kernel_size, self.stride, native[0], ceil_mode=native[1])
             x = _pad_same(x, self.kernel_size, self.stride, (1, 1), value=float("-inf"))

@@ -5,15 +5,13 @@ prints them."""
 from __future__ import annotations
 
 import glob
-import json
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from .data.imagenet import imagenet_classes
 from .data.images import IMAGE_EXTENSIONS
 from .data.transforms import ImageTransform
 from .errors import ConfigError, ImageError
@@ -21,18 +19,13 @@ from .factory import create_model
 from .models.base import logits_of
 from .optimize import optimize_for_inference
 from .runtime import autocast, bf16_pays, resolve_device, runtime_model
+from .utils.fileio import complete_folder
 from .weights import load_checkpoint
-from .weights.formats import CONVZOO, detect_format
+from .weights.formats import CHECKPOINT_FILE, CONVZOO, detect_format
 
 Prediction = tuple[str, str, float]
-
-
-@lru_cache(maxsize=1)
-def imagenet_classes() -> list[tuple[str, str]]:
-    """The 1,000 ImageNet classes as (wnid, name), from the Keras class index shipped with convzoo."""
-    text = (resources.files("convzoo") / "resources" / "imagenet_class_index.json").read_text()
-    index = json.loads(text)
-    return [tuple(index[str(i)]) for i in range(len(index))]
+# The class list of the published ImageNet weights (WeightRecord.classes).
+IMAGENET = "imagenet-1k"
 
 
 def decode_predictions(probs: torch.Tensor, top: int = 5, class_names: Sequence[str] | None = None
@@ -60,6 +53,21 @@ def decode_predictions(probs: torch.Tensor, top: int = 5, class_names: Sequence[
     return [[(*labels[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, indices)]
 
 
+def class_labels(model: nn.Module, names: Sequence[str] | None = None) -> list[str] | None:
+    """What :func:`decode_predictions` names ``model``'s classes with: ``names`` (one per class, else
+    :class:`ConfigError`), else None (ImageNet's wnids and names) for a head of ImageNet's 1,000 classes
+    whose weights do not record another class list, else the class indices as strings."""
+    n_classes = model.num_classes
+    if names is not None:
+        if len(names) != n_classes:
+            raise ConfigError(f"expected {n_classes} class names (one per class of the model), got {len(names)}")
+        return list(names)
+    meta = getattr(model, "weights_meta", None)
+    if n_classes == 1000 and getattr(meta, "classes", None) in (None, IMAGENET):
+        return None
+    return [str(i) for i in range(n_classes)]
+
+
 def expand_inputs(items: Sequence[str]) -> list[Path]:
     """Image paths from files, folders (their image files, sorted) and glob patterns, in the order given."""
     paths: list[Path] = []
@@ -79,14 +87,43 @@ def expand_inputs(items: Sequence[str]) -> list[Path]:
     return paths
 
 
+def _checkpoint_path(weights: str) -> str:
+    """``weights``, or for a checkpoint folder interrupted between the two renames that replace it (a run's
+    ``best/`` or ``last/``), the complete previous version that ``eval`` and ``--resume`` also use."""
+    path = Path(weights)
+    if path.is_file():
+        return weights
+    found = complete_folder(path, (CHECKPOINT_FILE,))
+    return weights if found is None else str(found)
+
+
 def resolve_model(model_name: str | None, weights: str | None) -> tuple[nn.Module, list[str] | None]:
-    """A model in eval mode and its class names, from a registry name and/or a weights file or checkpoint
-    (None weights: randomly initialised). Raises :class:`ConfigError` and the errors of loading."""
-    if weights is not None and not weights.startswith("imagenet") and detect_format(weights)[0] == CONVZOO:
-        model = load_checkpoint(weights)
-        if model_name is not None and model_name != model.default_cfg.name:
-            raise ConfigError(f"--model {model_name} given, but the checkpoint holds {model.default_cfg.name}")
-        return model.eval(), model.class_names
+    """A model in eval mode, with the classifier of its weights, and the class names they give (None when
+    they give none), from a registry name and/or a weights file, checkpoint or ``'imagenet'``.
+
+    An inference verb never answers with a random classifier: no ``weights``, or weights without a
+    classifier, is a :class:`ConfigError` (see :func:`resolve_features_model` for a model without one).
+    Raises :class:`ConfigError` and the errors of loading."""
+    model, names = resolve_features_model(model_name, weights)
+    if model.num_classes == 0:
+        raise ConfigError(f"{weights} holds no classifier (no top): nothing to predict classes with; load it "
+                          "into a model with its own classifier, or use it as a feature extractor")
+    return model, names
+
+
+def resolve_features_model(model_name: str | None, weights: str | None) -> tuple[nn.Module, list[str] | None]:
+    """As :func:`resolve_model`, but weights without a classifier give the model without one (its output:
+    the pooled features (N, C))."""
+    if weights is None:
+        raise ConfigError("expected --weights (a weights file, a convzoo checkpoint or 'imagenet'): without "
+                          "weights the classifier would be random")
+    if not weights.startswith("imagenet"):
+        weights = _checkpoint_path(weights)
+        if detect_format(weights)[0] == CONVZOO:
+            model = load_checkpoint(weights)
+            if model_name is not None and model_name != model.default_cfg.name:
+                raise ConfigError(f"--model {model_name} given, but the checkpoint holds {model.default_cfg.name}")
+            return model.eval(), model.class_names
     if model_name is None:
         raise ConfigError("expected --model NAME (or a convzoo checkpoint as --weights)")
     return create_model(model_name, weights=weights).eval(), None
@@ -126,9 +163,11 @@ def iter_predictions(model: nn.Module, paths: Sequence[Path], *, batch_size: int
     ``batch_size`` at a time (see :func:`predict_files`)."""
     transform = ImageTransform.from_model(model, mode)
     forward = _forward(model, runtime, torch.device(device))
+    probabilities = getattr(model, "classifier_activation", None) == "softmax"
     with torch.inference_mode():
         for start in range(0, len(paths), batch_size):
-            yield forward(transform(paths[start:start + batch_size])).softmax(1)
+            out = forward(transform(paths[start:start + batch_size]))
+            yield out if probabilities else out.softmax(1)
 
 
 def predict_files(model: nn.Module, paths: Sequence[Path], *, batch_size: int = 8, mode: str | None = None,

@@ -28,13 +28,21 @@ def count_params(model: nn.Module) -> ParamCount:
     return ParamCount(trainable + frozen + stats, trainable, frozen + stats)
 
 
+def _probe(model: nn.Module, input_size: tuple[int, int, int]) -> torch.Tensor:
+    """A zero batch of one image of ``input_size`` (C, H, W) on the model's device (the meta device for a
+    model built there: shapes without memory)."""
+    device = next(model.parameters(), torch.empty(0)).device
+    return torch.zeros(1, *input_size, device=device)
+
+
 def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
-    """Multiply-accumulates of one forward pass for one image of ``input_size`` (C, H, W), eval mode."""
+    """Multiply-accumulates of one forward pass for one image of ``input_size`` (C, H, W), eval mode; a model
+    on the meta device is counted without computing anything."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_size))
+            model(_probe(model, input_size))
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
@@ -54,7 +62,8 @@ def layer_table(model: nn.Module, input_size: tuple[int, int, int], depth: int |
     """The layers a forward pass runs, in order, with output shapes (batch dimension left out) and parameters.
 
     A layer is a module with no children (a separable convolution counts as one, as in Keras), or, with
-    ``depth``, any module that deep in the module tree.
+    ``depth``, any module that deep in the module tree. A model on the meta device gives its shapes without
+    computing anything.
     """
     rows: dict[str, LayerRow] = {}
     separable = [n + "." for n, m in model.named_modules() if isinstance(m, SeparableConv2d)]
@@ -78,7 +87,7 @@ def layer_table(model: nn.Module, input_size: tuple[int, int, int], depth: int |
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_size))
+            model(_probe(model, input_size))
     finally:
         model.train(was_training)
         for h in hooks:

@@ -24,11 +24,14 @@ VERB_MODULES: list[str] = [
 ]
 
 
+PREFIX = "convzoo: error: "
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line."""
+    """argparse, but a usage error is one ``convzoo: error:`` line (every verb's too)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{PREFIX}{message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except ConvzooError as e:
-        print(f"convzoo: error: {e}", file=sys.stderr)
+    except (ConvzooError, argparse.ArgumentTypeError) as e:
+        print(f"{PREFIX}{e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        print(f"convzoo: error: {e.strerror}: {e.filename}", file=sys.stderr)
+        print(f"{PREFIX}{e.strerror}: {e.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convzoo: interrupted", file=sys.stderr)

@@ -1,11 +1,81 @@
-"""What the verbs share: warnings printed as one ``convzoo: warning:`` line each."""
+"""What the verbs share: argument types that refuse a bad value where it is parsed (with the valid range or
+the accepted extensions in the one-line message), and warnings printed as one ``convzoo: warning:`` line each."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import math
 import sys
 import warnings
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
+
+# The largest image side the verbs take (summary, graph, bench, export): far beyond any classification input,
+# small enough that one feature map of the widest stem fits in memory.
+MAX_SIDE = 4096
+# torch.manual_seed's range of non-negative seeds.
+MAX_SEED = 2 ** 63 - 1
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[low, high]`` (``high`` None: at least ``low``)."""
+    expected = f"an integer in [{low}, {high}]" if high is not None else f"an integer of at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_in(1)
+non_negative_int = int_in(0)
+image_side = int_in(1, MAX_SIDE)
+seed = int_in(0, MAX_SEED)
+
+
+def float_in(low: float, high: float = math.inf, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    bracket = "(" if low_open else "["
+    expected = f"a finite number in {bracket}{low:g}, {high:g}" + (")" if math.isinf(high) else "]")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        if not math.isfinite(value) or too_low or value > high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
+
+
+positive_float = float_in(0.0, low_open=True)
+
+
+def check_output_file(path: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """``path`` as an output file of ``what``: its extension one of ``suffixes`` and not an existing folder;
+    else :class:`argparse.ArgumentTypeError` (a usage error) naming the path and the accepted extensions."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        accepted = " or ".join(filter(None, (", ".join(suffixes[:-1]), suffixes[-1])))
+        raise argparse.ArgumentTypeError(f"{what} is written to a {accepted} file, got {path}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is an existing folder, not a {what} file")
+    return path
+
+
+def output_file(*suffixes: str, what: str = "the output") -> Callable[[str], Path]:
+    """An argparse type: an output path ending in one of ``suffixes`` (see :func:`check_output_file`)."""
+    return lambda text: check_output_file(text, suffixes, what)
 
 
 def warn(message: str) -> None:

@@ -12,6 +12,7 @@ from ..factory import create_model
 from ..registry import get_model_cfg, list_models
 from ..summary import count_macs, count_params, layer_table
 from ..utils.tables import format_table
+from .common import image_side, non_negative_int, positive_int
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -32,7 +33,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     """``convzoo summary MODEL``: a Keras-style layer table and the parameter and MAC totals."""
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    model = create_model(args.model, input_size=args.input_size, **kwargs)
+    with torch.device("meta"):  # shapes and counts without memory, whatever the input size
+        model = create_model(args.model, input_size=args.input_size, **kwargs)
     size = model.default_cfg.input_size
     counts = count_params(model)
     macs = count_macs(model, size)
@@ -58,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("summary", help="layer table, parameter counts and MACs of a model")
     p.add_argument("model")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--depth", type=int, help="rows for modules this deep in the module tree")
+    p.add_argument("--num-classes", type=non_negative_int, help="classes of the classifier (0: none)")
+    p.add_argument("--input-size", type=image_side, nargs=2, metavar=("H", "W"))
+    p.add_argument("--depth", type=positive_int, help="rows for modules this deep in the module tree")
     p.add_argument("--json", action="store_true", help="print one JSON object with the totals")
     p.set_defaults(func=cmd_summary)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputShapeError
+from ..layers import check_min_size_traced
 from .spec import ModelCfg
 
 
@@ -52,22 +53,26 @@ class ConvNet(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise :class:`InputShapeError` when ``x`` is not (N, in_chans, H, W) with H, W at least the registered
-        ``min_input_size`` (a network built outside ``create_model`` has no registered minimum)."""
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``, after raising :class:`InputShapeError` when it is not (N, in_chans, H, W) with H, W at least
+        the registered ``min_input_size`` (a network built outside ``create_model`` has no registered
+        minimum). A TorchScript trace keeps the size check (a ``ValueError`` when the traced program runs)."""
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise InputShapeError(f"{type(self).__name__} expects input of shape (N, {self.in_chans}, H, W), "
                                   f"got {tuple(x.shape)}")
         if self.default_cfg is None:
-            return
+            return x
         _, h, w = self.default_cfg.min_input_size
+        if torch.jit.is_tracing():
+            return check_min_size_traced(x, h, w, self.default_cfg.name)
         if x.shape[-2] < h or x.shape[-1] < w:
             raise InputShapeError(f"{type(self).__name__} needs inputs of at least {h}x{w}, "
                                   f"got {x.shape[-2]}x{x.shape[-1]}")
+        return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature maps before global pooling."""
-        self.check_input(x)
+        x = self.check_input(x)
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
@@ -139,7 +144,7 @@ class FeatureExtractor(nn.Module):
         return [f["reduction"] for f in self.feature_info]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self._check(x)
+        x = self._check(x)
         out = []
         for name in self.stage_names:
             x = getattr(self, name)(x)

@@ -270,7 +270,7 @@ class InceptionV3(ConvNet):
 
     def forward_endpoints(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every intermediate output by its slim name, plus ``AuxLogits`` (when built), ``PreLogits`` and ``Logits``."""
-        self.check_input(x)
+        x = self.check_input(x)
         out = {}
         for name in self.stage_names:
             x = getattr(self, name)(x)
@@ -282,7 +282,7 @@ class InceptionV3(ConvNet):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | LogitsWithAux:
-        self.check_input(x)
+        x = self.check_input(x)
         aux = None
         for name in self.stage_names:
             x = getattr(self, name)(x)

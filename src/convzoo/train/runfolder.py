@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError
-from ..utils.fileio import atomic_write, ensure_dir, fsync_dir
+from ..utils.fileio import atomic_write, complete_folder, ensure_dir, fsync_dir, previous_version
 from ..weights import save_checkpoint
 from .metrics import write_history
 from .plots import plot_curves
@@ -64,7 +64,7 @@ def write_checkpoint(folder: Path, model: nn.Module, classes: list[str], extra: 
     that ``load_checkpoint`` rebuilds from ``model_args``, and the run ``state``."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
-    old = folder.with_name(f".{folder.name}.old")
+    old = previous_version(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     ensure_dir(tmp)
     save_checkpoint(model, tmp / WEIGHTS_FILE, classes, extra, model_args)
@@ -81,12 +81,7 @@ def write_checkpoint(folder: Path, model: nn.Module, classes: list[str], extra: 
 def find_checkpoint(folder: Path) -> Path | None:
     """The complete checkpoint folder for ``folder``: itself, or its predecessor if a crash interrupted the
     swap; None if there is none."""
-    folder = Path(folder)
-    old = folder.with_name(f".{folder.name}.old")
-    for candidate in (folder, old):
-        if (candidate / WEIGHTS_FILE).is_file() and (candidate / STATE_FILE).is_file():
-            return candidate
-    return None
+    return complete_folder(folder, (WEIGHTS_FILE, STATE_FILE))
 
 
 def read_state(folder: Path) -> dict[str, Any]:

@@ -13,10 +13,11 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from ..errors import ChecksumError, DownloadError, OutputError
+from ..errors import ChecksumError, DataError, DownloadError, OutputError
 
 Writer = Callable[[BinaryIO], None]
 HASH_ALGORITHMS = ("md5", "sha256")
@@ -45,6 +46,22 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def previous_version(folder: str | Path) -> Path:
+    """Where a folder replaced by two renames (``folder`` to this, then the new one to ``folder``) keeps its
+    previous version until the new one is in place: ``.NAME.old`` beside it."""
+    folder = Path(folder)
+    return folder.with_name(f".{folder.name}.old")
+
+
+def complete_folder(folder: str | Path, required: Collection[str]) -> Path | None:
+    """``folder`` when it holds every file named in ``required``, else its :func:`previous_version` when that
+    does (a crash between the two renames leaves only it), else None."""
+    for candidate in (Path(folder), previous_version(folder)):
+        if all((candidate / name).is_file() for name in required):
+            return candidate
+    return None
 
 
 def atomic_write(path: str | Path, data: bytes | Writer) -> Path:
@@ -81,6 +98,25 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (no NaN or infinity) to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def read_names(path: str | Path, what: str = "names") -> list[str]:
+    """The non-empty lines of the UTF-8 text file at ``path``, stripped: one name per line (class names).
+    Raises :class:`DataError` naming ``path`` for a missing, unreadable, binary or empty file."""
+    path = Path(path)
+    if not path.is_file():
+        found = "a folder" if path.is_dir() else "nothing"
+        raise DataError(f"expected a text file of {what} (one per line) at {path}, found {found}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: expected a UTF-8 text file of {what} (one per line), found binary data") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} ({_reason(exc)})") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"{path}: expected {what}, one per line, found none")
+    return names
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
