@@ -1,8 +1,14 @@
 """Opening image files of any common kind as 8-bit RGB, refusing what cannot be read whole.
 
 Orientation follows the EXIF tag. Transparent images (RGBA, LA, palettes with a transparent colour) are
-composited on white, as they are shown on a page. CMYK is converted without a colour profile. 16-bit and
-32-bit integer grayscale (I;16, I) is scaled from 0-65535 to 0-255.
+composited on white, as they are shown on a page. CMYK is converted without a colour profile.
+
+Images of more than 8 bits per sample are read as the picture they hold, scaled to 8 bits by
+``round(v * 255 / max)``, never truncated: 16-bit samples (grayscale, RGB, RGBA, CMYK; ``round(v / 257)``),
+32-bit integer grayscale holding 16-bit levels 0-65535, and 32-bit float grayscale holding values in [0, 1]
+(as torchvision's ``ToTensor`` and scikit-image write them). What cannot be read that way is refused with
+one line: a float image with values outside [0, 1] or NaN, a 32-bit integer image beyond 0-65535, 16-bit
+grayscale with alpha (which Pillow decodes only to its high bytes).
 """
 
 from __future__ import annotations
@@ -52,19 +58,19 @@ def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: expected an image, found an empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-        with im:
+        with _opened(path) as im:
             width, height = im.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageError(f"{path}: expected at most {max_pixels:,} pixels, found {width}x{height} = "
                                  f"{width * height:,} (pass a larger max_pixels to allow it)")
+            rawmodes = [_rawmode(tile.args) for tile in im.tile]  # load() empties the tiles
             with _strict_loading():
                 im.load()
-            return to_rgb(ImageOps.exif_transpose(im))
+            return to_rgb(ImageOps.exif_transpose(im), _low_bytes(path, im.mode, rawmodes), str(path))
     except ImageError:
         raise
+    except PermissionError:
+        raise ImageError(f"{path}: not readable (permission denied)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: expected an image, found a file Pillow does not recognise") from None
     except Image.DecompressionBombError as exc:
@@ -75,11 +81,69 @@ def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
                          f"({type(exc).__name__}: {exc})") from None
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """``im`` as 8-bit RGB: alpha composited on white, 16/32-bit grayscale scaled to 8 bits."""
-    if im.mode.startswith("I"):
-        gray = np.clip(np.asarray(im, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB")
+def _opened(path: Path) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def _rawmode(args: object) -> str:
+    return args if isinstance(args, str) else str(args[0])
+
+
+def _other_byte_order(args: object) -> object:
+    """A tile's decoder arguments with the unpacker of the other byte order (``RGB;16B`` <-> ``RGB;16L``)."""
+    rawmode = _rawmode(args)
+    swapped = rawmode[:-1] + {"B": "L", "L": "B"}[rawmode[-1]]
+    return swapped if isinstance(args, str) else (swapped, *args[1:])
+
+
+def _low_bytes(path: Path, mode: str, rawmodes: list[str]) -> Image.Image | None:
+    """For an image of 16-bit samples that Pillow decodes to their high bytes (``RGB;16B`` and the like), the
+    same image decoded to the low bytes (the unpacker of the other byte order reads the other byte of each
+    sample), upright; None for any other image (``mode`` and the tiles' ``rawmodes`` say which it is).
+    :class:`ImageError` when Pillow has no such unpacker."""
+    if mode.startswith("I") or not rawmodes or not all(r.endswith((";16B", ";16L")) for r in rawmodes):
+        return None
+    with _opened(path) as other:
+        other.tile = [tile._replace(args=_other_byte_order(tile.args)) for tile in other.tile]
+        try:
+            with _strict_loading():
+                other.load()
+        except ValueError:
+            raise ImageError(f"{path}: {rawmodes[0].split(';')[0]} with 16 bits per sample cannot be read whole "
+                             f"here; save it with 8 bits per sample (or as 16-bit grayscale)") from None
+        return ImageOps.exif_transpose(other)
+
+
+def _to_8_bits(levels: np.ndarray, top: float) -> np.ndarray:
+    return np.rint(levels.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+
+
+def _gray_levels(im: Image.Image, what: str) -> np.ndarray:
+    """8-bit levels of a 32-bit float image (values in [0, 1]) or an integer image of 16-bit levels."""
+    values = np.asarray(im)
+    if im.mode == "F":
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            found = "NaN or infinite values" if not np.isfinite(values).all() else \
+                f"values in [{values.min():g}, {values.max():g}]"
+            raise ImageError(f"{what}: expected a float image with values in [0, 1], found {found}")
+        return _to_8_bits(values, 1.0)
+    if values.min() < 0 or values.max() > 65535:
+        raise ImageError(f"{what}: expected 16-bit levels 0-65535 in an integer image, found "
+                         f"[{values.min()}, {values.max()}]")
+    return _to_8_bits(values, 65535.0)
+
+
+def to_rgb(im: Image.Image, low: Image.Image | None = None, what: str = "image") -> Image.Image:
+    """``im`` as 8-bit RGB: alpha composited on white; samples of more than 8 bits scaled to 8 (see the module
+    docstring; ``low``: the low bytes of 16-bit samples that Pillow decoded to their high bytes in ``im``).
+    Raises :class:`ImageError` (naming ``what``) for values that hold no picture in a known range."""
+    if im.mode in ("F", "I") or im.mode.startswith("I;16"):
+        return Image.fromarray(_gray_levels(im, what), "L").convert("RGB")
+    if low is not None:
+        levels = np.asarray(im).astype(np.uint16) * 256 + np.asarray(low)
+        im = Image.fromarray(_to_8_bits(levels, 65535.0), im.mode)
     if "transparency" in im.info or im.mode in ("PA", "LA"):
         im = im.convert("RGBA")
     if im.mode == "RGBA":

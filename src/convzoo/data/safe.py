@@ -13,8 +13,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from ..errors import DataError, UnsafeFileError
 
 # The only globals a CIFAR pickle refers to: how numpy rebuilds an array and its dtype (old and new
-# module paths; ``_frombuffer`` is what pickle protocol 5 uses).
+# module paths; ``_frombuffer`` is what pickle protocol 5 uses), and how Python 3 writes bytes with pickle
+# protocol 2 (``_codecs.encode(text, 'latin1')``, which the unpickler restricts to that encoding).
 ALLOWED_GLOBALS = frozenset({
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.numeric", "_frombuffer"),
@@ -22,6 +24,14 @@ ALLOWED_GLOBALS = frozenset({
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
 })
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as pickle protocol 2 uses it for bytes: ``text`` in Latin-1, no other encoding."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise UnsafeFileError(f"expected bytes stored as _codecs.encode(text, 'latin1'), found the encoding "
+                              f"{str(encoding)[:40]!r}")
+    return text.encode("latin1")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -33,6 +43,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (module, name) not in ALLOWED_GLOBALS:
             raise UnsafeFileError(f"expected a pickle of numpy arrays, lists and strings, "
                                   f"found a reference to {module}.{name}")
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
         return super().find_class(module, name)
 
 
