@@ -113,8 +113,10 @@ def test_predict_with_a_checkpoint_json(capsys, photos, cifar_checkpoint):
     assert preds[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
 
 
-def test_predict_imagenet_table(capsys, photos):
-    code, out, _ = run(capsys, "predict", "--model", "resnet50", str(photos / "a.jpg"), "--top", "2")
+def test_predict_imagenet_table(capsys, tmp_path, photos):
+    """A 1,000-class checkpoint that names no classes is decoded with ImageNet's wnids and names."""
+    ckpt = convzoo.save_checkpoint(convzoo.create_model("resnet50"), tmp_path / "r50.safetensors")
+    code, out, _ = run(capsys, "predict", "--weights", str(ckpt), str(photos / "a.jpg"), "--top", "2")
     assert code == 0
     lines = out.splitlines()
     assert lines[0].endswith("a.jpg") and lines[1].strip().startswith("1.") and lines[2].strip().startswith("2.")
@@ -217,15 +219,20 @@ def test_bad_images_are_one_line_errors(capsys, tmp_path, cifar_checkpoint, name
     assert_one_line_error(code, err, fragment)
 
 
-@pytest.mark.parametrize("top", ["0", "2000"])
-def test_top_out_of_range(capsys, photos, cifar_checkpoint, top):
-    code, _, err = run(capsys, "predict", "--weights", str(cifar_checkpoint), str(photos / "a.jpg"), "--top", top)
+def test_top_out_of_range(capsys, photos, cifar_checkpoint):
+    code, _, err = run(capsys, "predict", "--weights", str(cifar_checkpoint), str(photos / "a.jpg"), "--top", "2000")
     assert_one_line_error(code, err, "--top must lie in [1, 10]")
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--weights", str(cifar_checkpoint), str(photos / "a.jpg"), "--top", "0"])
+    assert exc.value.code == 2
+    assert_one_line_error(2, capsys.readouterr().err, "--top", "at least 1")
 
 
 def test_unknown_model(capsys, photos):
-    code, _, err = run(capsys, "predict", "--model", "resnet05", str(photos / "a.jpg"))
-    assert_one_line_error(code, err, "unknown model 'resnet05'", "resnet50")
+    """Refused where it is parsed: a usage error naming the closest registered names."""
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--model", "resnet05", str(photos / "a.jpg")])
+    assert_one_line_error(exc.value.code, capsys.readouterr().err, "unknown model 'resnet05'", "resnet50")
 
 
 def test_weights_of_another_architecture(capsys, tmp_path, photos, cifar_checkpoint):

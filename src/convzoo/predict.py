@@ -18,6 +18,7 @@ from .errors import ConfigError, ImageError
 from .factory import create_model
 from .models.base import logits_of
 from .optimize import optimize_for_inference
+from .registry import get_model_cfg
 from .runtime import autocast, bf16_pays, resolve_device, runtime_model
 from .utils.fileio import complete_folder
 from .weights import load_checkpoint
@@ -114,6 +115,8 @@ def resolve_model(model_name: str | None, weights: str | None) -> tuple[nn.Modul
 def resolve_features_model(model_name: str | None, weights: str | None) -> tuple[nn.Module, list[str] | None]:
     """As :func:`resolve_model`, but weights without a classifier give the model without one (its output:
     the pooled features (N, C))."""
+    if model_name is not None:
+        get_model_cfg(model_name)
     if weights is None:
         raise ConfigError("expected --weights (a weights file, a convzoo checkpoint or 'imagenet'): without "
                           "weights the classifier would be random")

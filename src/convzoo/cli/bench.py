@@ -11,6 +11,7 @@ import torch
 from ..bench import BENCH_RUNTIMES, REFERENCES, results_table, run_bench
 from ..runtime import DEVICES
 from ..utils.fileio import write_json
+from .common import image_side, model_name, non_negative_int, output_file, positive_int
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -33,17 +34,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` verb."""
     p = sub.add_parser("bench", help="images/s of convzoo beside plain PyTorch, timm and Keras, in one run")
-    p.add_argument("models", nargs="*", default=["xception"])
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("models", nargs="*", type=model_name, default=["xception"])
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--input-size", type=image_side, nargs=2, metavar=("H", "W"))
     p.add_argument("--mode", choices=("infer", "train", "both"), default="infer")
     p.add_argument("--runtime", default="eager,optimized",
                    help=f"comma-separated, from {', '.join(BENCH_RUNTIMES)}")
     p.add_argument("--against", default="timm,keras",
                    help=f"comma-separated, from {', '.join(REFERENCES)} ('' for none)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda where available")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--warmup", type=non_negative_int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", type=output_file(".json", what="the results"), metavar="FILE.json",
+                   help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench)

@@ -6,10 +6,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
+
+from ..errors import UnknownModelError
+from ..registry import get_model_cfg
 
 # The largest image side the verbs take (summary, graph, bench, export): far beyond any classification input,
 # small enough that one feature map of the widest stem fits in memory.
@@ -61,21 +66,51 @@ def float_in(low: float, high: float = math.inf, *, low_open: bool = False) -> C
 positive_float = float_in(0.0, low_open=True)
 
 
-def check_output_file(path: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
-    """``path`` as an output file of ``what``: its extension one of ``suffixes`` and not an existing folder;
-    else :class:`argparse.ArgumentTypeError` (a usage error) naming the path and the accepted extensions."""
+def _check_writable(path: Path) -> None:
+    """Refuse ``path`` when its folder cannot take a new file: the first existing folder above it is a
+    file, or creating (and at once removing) a file there fails."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {ancestor} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".convzoo-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {path}: the folder {ancestor} takes no new files "
+                                         f"({exc.strerror})") from None
+
+
+def model_name(text: str) -> str:
+    """An argparse type: a registered model name (the error names the closest ones)."""
+    try:
+        get_model_cfg(text)
+    except UnknownModelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def check_output_file(path: str | Path, suffixes: tuple[str, ...], what: str, folder_ok: bool = False) -> Path:
+    """``path`` as an output file of ``what``: its extension one of ``suffixes`` (or, with ``folder_ok``, an
+    existing folder), not an existing folder otherwise, and in a folder that can take a new file; else
+    :class:`argparse.ArgumentTypeError` (a usage error) naming the path and the accepted extensions."""
     path = Path(path)
+    if path.is_dir():
+        if folder_ok:
+            return path
+        raise argparse.ArgumentTypeError(f"{path} is an existing folder, not a {what} file")
     if path.suffix.lower() not in suffixes:
         accepted = " or ".join(filter(None, (", ".join(suffixes[:-1]), suffixes[-1])))
         raise argparse.ArgumentTypeError(f"{what} is written to a {accepted} file, got {path}")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is an existing folder, not a {what} file")
+    _check_writable(path)
     return path
 
 
-def output_file(*suffixes: str, what: str = "the output") -> Callable[[str], Path]:
+def output_file(*suffixes: str, what: str = "the output", folder_ok: bool = False) -> Callable[[str], Path]:
     """An argparse type: an output path ending in one of ``suffixes`` (see :func:`check_output_file`)."""
-    return lambda text: check_output_file(text, suffixes, what)
+    return lambda text: check_output_file(text, suffixes, what, folder_ok)
 
 
 def warn(message: str) -> None:

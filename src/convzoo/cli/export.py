@@ -16,7 +16,7 @@ from ..export import DYNAMIC_SIZE, EXTENSIONS, FORMATS, export_model
 from ..factory import create_model
 from ..predict import resolve_features_model
 from ..registry import get_model_cfg, list_models
-from .common import check_output_file
+from .common import check_output_file, model_name
 
 
 def _target(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "model's input size only. All take any batch size.")
     p.add_argument("target", nargs="?", metavar="MODEL|CHECKPOINT",
                    help="registered model name (with --weights), or a convzoo checkpoint")
-    p.add_argument("--model", help="registered model name (the same as the positional MODEL)")
+    p.add_argument("--model", type=model_name, help="registered model name (the same as the positional MODEL)")
     p.add_argument("--weights", help="weights file, convzoo checkpoint or 'imagenet' (the model gets its classifier)")
     p.add_argument("--random-weights", action="store_true",
                    help="export the model with random weights (for benchmarks; its outputs mean nothing)")

@@ -8,7 +8,7 @@ import torch
 
 from ..factory import create_model
 from ..graph import DEPTHS, render, to_dot
-from .common import image_side, output_file
+from .common import image_side, model_name, output_file
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``graph`` verb."""
     p = sub.add_parser("graph", help="draw a model's dataflow (blocks, skip connections, concatenations) with "
                                      "output shapes")
-    p.add_argument("model")
+    p.add_argument("model", type=model_name)
     p.add_argument("-o", "--output", required=True, type=output_file(".svg", ".png", ".pdf", ".dot", what="the diagram"),
                    help="FILE.svg, .png, .pdf or .dot")
     p.add_argument("--depth", type=int, choices=DEPTHS, default=1, help="1: one node per block; 2: one per layer")

@@ -12,7 +12,7 @@ from ..factory import create_model
 from ..registry import get_model_cfg, list_models
 from ..summary import count_macs, count_params, layer_table
 from ..utils.tables import format_table
-from .common import image_side, non_negative_int, positive_int
+from .common import image_side, model_name, non_negative_int, positive_int
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern or substring")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("summary", help="layer table, parameter counts and MACs of a model")
-    p.add_argument("model")
+    p.add_argument("model", type=model_name)
     p.add_argument("--num-classes", type=non_negative_int, help="classes of the classifier (0: none)")
     p.add_argument("--input-size", type=image_side, nargs=2, metavar=("H", "W"))
     p.add_argument("--depth", type=positive_int, help="rows for modules this deep in the module tree")

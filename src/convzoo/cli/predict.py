@@ -16,7 +16,7 @@ from ..predict import (class_labels, decode_predictions, expand_inputs, iter_pre
 from ..preprocess import MODES, choose_preprocessing
 from ..runtime import DEVICES, RUNTIMES
 from ..utils.fileio import read_names
-from .common import positive_int, warn
+from .common import model_name, positive_int, warn
 
 
 def _top(requested: int | None, n_classes: int) -> int:
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``predict`` verb."""
     p = sub.add_parser("predict", help="top-k classes of a trained classifier for photos")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--model", help="registered model name (not needed with a convzoo checkpoint)")
+    p.add_argument("--model", type=model_name, help="registered model name (not needed with a convzoo checkpoint)")
     p.add_argument("--weights", help="weights file, convzoo checkpoint (file, folder, or a run's best/ or last/), "
                                      "or 'imagenet'; the model gets the file's classifier")
     p.add_argument("--classes", metavar="FILE", help="text file naming the model's classes, one per line "

@@ -25,6 +25,7 @@ from ..train.compare import compare
 from ..train.evaluate import evaluate_target
 from ..train.recipes import apply_settings, get_recipe, list_recipes, override
 from ..train.trainer import TrainOptions, resume_recipe, train
+from .common import non_negative_int, output_file, positive_float, positive_int, seed
 
 DEFAULT_RECIPE = "fast"
 TRAIN_LOGGER = "convzoo.train"
@@ -40,7 +41,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--data", help="evaluate on this data's test split (default: the run's validation split)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint of a run")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, n, per_class)")
     p.add_argument("--preprocessing", choices=MODES,
@@ -49,7 +50,8 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("compare", help="markdown table and overlaid curves of several runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", metavar="FILE.png", help="the overlay figure (default: compare.png beside the runs)")
+    p.add_argument("--out", metavar="FILE.png", type=output_file(".png", what="the figure"),
+                   help="the overlay figure (default: compare.png beside the runs)")
     p.set_defaults(func=cmd_compare)
 
     p = subparsers.add_parser("recipes", help="list the training recipes, or show one's fields")
@@ -66,13 +68,13 @@ def _register_train(subparsers: Any) -> None:
     p.add_argument("--data", help="training data: a CIFAR folder or archive, cifar10/cifar100, or an image "
                                   "folder (default: the embedded CIFAR-10 subset)")
     p.add_argument("--val-data", help="validation data (its test split); default: hold out val_fraction of --data")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size (split over torchrun processes)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, help="global batch size (split over torchrun processes)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate")
+    p.add_argument("--seed", type=seed, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--weights", help="start from these weights (any format convzoo imports); the classifier "
                                      "is replaced when the classes differ")
-    p.add_argument("--freeze-epochs", type=int, help="train only the classifier for the first N epochs")
+    p.add_argument("--freeze-epochs", type=non_negative_int, help="train only the classifier for the first N epochs")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a recipe field (repeatable)")
     p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")

@@ -12,15 +12,16 @@ from typing import Any
 import torch
 
 from ..data.transforms import ImageTransform
-from ..errors import WeightsError
+from ..errors import ConfigError, WeightsError
 from ..factory import create_model
 from ..registry import get_model_cfg, list_records
+from ..utils.fileio import read_names
 from ..utils.tables import format_table
 from ..weights import load_weights, save_checkpoint
 from ..weights.hub import fetch, select
 from ..weights.info import describe
 from ..weights.verify import compare_with_keras, prepare_keras_check
-from .common import warnings_as_lines
+from .common import non_negative_int, output_file, warnings_as_lines
 
 VERIFY_ATOL = 1e-4
 
@@ -31,7 +32,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     model = create_model(args.model, **kwargs)
     class_names = None
     if args.class_names is not None:
-        class_names = [line.strip() for line in args.class_names.read_text().splitlines() if line.strip()]
+        class_names = read_names(args.class_names, "class names")
+        if model.num_classes and len(class_names) != model.num_classes:
+            raise ConfigError(f"{args.class_names}: expected {model.num_classes} class names (one per class of "
+                              f"the model), found {len(class_names)}")
     with warnings_as_lines():
         report = load_weights(model, args.input, strict=not args.no_strict)
     out = save_checkpoint(model, args.output, class_names=class_names,
@@ -113,9 +117,11 @@ def _register_weights(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="weights_command", required=True, parser_class=type(p))
     c = sub.add_parser("convert", help="load a Keras/torchvision/timm/convzoo file into a model, save a checkpoint")
     c.add_argument("input", help="weights file (format detected from its bytes) or 'imagenet'")
-    c.add_argument("output", help="checkpoint file to write (an existing folder gets model.safetensors)")
+    c.add_argument("output", type=output_file(".safetensors", what="a convzoo checkpoint", folder_ok=True),
+                   help="checkpoint file to write (an existing folder gets model.safetensors)")
     c.add_argument("--model", required=True, help="registered model name (see `convzoo list`)")
-    c.add_argument("--num-classes", type=int, help="classes of the new model (the classifier is then not loaded)")
+    c.add_argument("--num-classes", type=non_negative_int,
+                   help="classes of the new model (the classifier is then not loaded)")
     c.add_argument("--class-names", type=Path, help="text file with one class name per line")
     c.add_argument("--no-strict", action="store_true", help="load what fits instead of failing")
     c.set_defaults(func=cmd_convert)
