@@ -12,11 +12,12 @@ from typing import Any
 import torch
 
 from ..data.transforms import ImageTransform
-from ..errors import WeightsError
-from ..factory import create_model
+from ..errors import ConfigError, OutputError, WeightsError
+from ..factory import build_with_weights
 from ..registry import get_model_cfg, list_records
 from ..utils.tables import format_table
-from ..weights import load_weights, save_checkpoint
+from ..weights import FileHead, save_checkpoint
+from ..weights.formats import CHECKPOINT_FILE
 from ..weights.hub import fetch, select
 from ..weights.info import describe
 from ..weights.verify import compare_with_keras, prepare_keras_check
@@ -25,34 +26,79 @@ from .common import warnings_as_lines
 VERIFY_ATOL = 1e-4
 
 
+def _output_file(path: Path) -> Path:
+    """The checkpoint file ``weights convert`` writes: ``path`` itself (a ``.safetensors`` file) or
+    ``model.safetensors`` in an existing folder."""
+    if path.is_dir():
+        return path / CHECKPOINT_FILE
+    if path.suffix != ".safetensors":
+        raise OutputError(f"{path}: weights convert writes a convzoo checkpoint, a .safetensors file (or "
+                          f"model.safetensors into an existing folder); got '{path.suffix or 'no extension'}'")
+    return path
+
+
+def _class_names(path: Path | None) -> list[str] | None:
+    """The class names of a text file, one per line (blank lines skipped)."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file of class names (it is not UTF-8 text)") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ConfigError(f"{path}: holds no class names (one per line)")
+    return names
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
-    """``convzoo weights convert IN OUT --model NAME``."""
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    model = create_model(args.model, **kwargs)
-    class_names = None
-    if args.class_names is not None:
-        class_names = [line.strip() for line in args.class_names.read_text().splitlines() if line.strip()]
+    """``convzoo weights convert IN OUT --model NAME``: the model gets the file's head unless
+    ``--num-classes`` says otherwise."""
+    if args.num_classes is not None and args.num_classes < 0:
+        raise ConfigError(f"--num-classes must be at least 0 (0: no classifier), got {args.num_classes}")
+    get_model_cfg(args.model)
+    output = _output_file(args.output)
+    class_names = _class_names(args.class_names)
     with warnings_as_lines():
-        report = load_weights(model, args.input, strict=not args.no_strict)
-    out = save_checkpoint(model, args.output, class_names=class_names,
+        model, report = build_with_weights(args.model, args.input, strict=not args.no_strict,
+                                           num_classes=args.num_classes)
+    if class_names is not None and model.num_classes and len(class_names) != model.num_classes:
+        raise ConfigError(f"{args.class_names}: {len(class_names)} class names for a model with "
+                          f"{model.num_classes} classes")
+    out = save_checkpoint(model, output, class_names=class_names,
                           extra={"converted_from": report.path, "source_format": report.format,
                                  "source_layout": report.layout})
     print(report)
+    for note in report.notes:
+        print(f"note: {note}")
     print(f"wrote {out}")
     return 0
 
 
+def _shown(key: str, value: Any) -> str:
+    if key == "values":
+        return f"{value:,}"
+    if key == "nesting":
+        return " > ".join(value)
+    if key == "head":
+        return FileHead(**value).describe()
+    if isinstance(value, list) and key in ("preprocessing_layers", "prefixes"):
+        return ", ".join(value)
+    return "unknown" if value is None else str(value)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    """``convzoo weights info FILE``."""
+    """``convzoo weights info FILE``: one line per fact (``--json``: one JSON object); the notes last."""
     info = describe(args.file)
     if args.json:
         print(json.dumps(info))
         return 0
-    width = max(len(k) for k in info)
-    for key, value in info.items():
-        if key == "values":
-            value = f"{value:,}"
-        print(f"{key:<{width}}  {'unknown' if value is None else value}")
+    shown = {k: v for k, v in info.items() if k == "model" or (k != "notes" and v not in (None, [], {}))}
+    width = max(len(k) for k in shown)
+    for key, value in shown.items():
+        print(f"{key:<{width}}  {_shown(key, value)}")
+    for note in info.get("notes", []):
+        print(f"note: {note}")
     return 0
 
 
@@ -113,9 +159,11 @@ def _register_weights(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="weights_command", required=True, parser_class=type(p))
     c = sub.add_parser("convert", help="load a Keras/torchvision/timm/convzoo file into a model, save a checkpoint")
     c.add_argument("input", help="weights file (format detected from its bytes) or 'imagenet'")
-    c.add_argument("output", help="checkpoint file to write (an existing folder gets model.safetensors)")
+    c.add_argument("output", type=Path,
+                   help="checkpoint file to write, .safetensors (an existing folder gets model.safetensors)")
     c.add_argument("--model", required=True, help="registered model name (see `convzoo list`)")
-    c.add_argument("--num-classes", type=int, help="classes of the new model (the classifier is then not loaded)")
+    c.add_argument("--num-classes", type=int, help="classes of the new model (default: the file's; other than the "
+                                                   "file's, the classifier is not loaded)")
     c.add_argument("--class-names", type=Path, help="text file with one class name per line")
     c.add_argument("--no-strict", action="store_true", help="load what fits instead of failing")
     c.set_defaults(func=cmd_convert)
