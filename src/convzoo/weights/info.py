@@ -11,12 +11,12 @@ from typing import Any
 import torch
 
 from ..errors import WeightsError
-from ..registry import build_model, get_model_cfg
+from ..registry import build_model, get_model_cfg, list_models
 from . import formats
 from .checkpoint import read_checkpoint
 from .keras_h5 import KerasFile
 from .keras_map import guess_keras_model
-from .source import keras_structure, read_weights, torch_head
+from .source import file_head, keras_structure, read_weights, torch_head
 from .torch_state import detect_layout, guess_torch_model
 
 
@@ -68,5 +68,8 @@ def describe(path: str | Path) -> dict[str, Any]:
                     class_names=len(ck.class_names) if ck.class_names else None, extra=ck.extra,
                     convzoo_version=ck.convzoo_version)
     if info["model"] is not None:
-        info["head"] = torch_head(state, get_model_cfg(info["model"]).classifier).as_dict()
+        info["head"] = file_head(file, info["model"]).as_dict()
+    else:  # no family recognises it: a classifier under any registered model's classifier path
+        paths = sorted({get_model_cfg(name).classifier for name in list_models()})
+        info["head"] = next((h.as_dict() for h in (torch_head(state, p) for p in paths) if h.classes), None)
     return info
