@@ -19,6 +19,9 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 CIFAR_MEAN = (125.307, 122.95, 113.865)
 CIFAR_STD = (62.9932, 62.0887, 66.7048)
 MODES = ("tf", "caffe", "torch", "cifar")
+# A weights record's own per-channel mean and std (RGB), e.g. folded from a Keras model's Rescaling and
+# Normalization layers: no mode of its own, the record's numbers are the preprocessing.
+CUSTOM = "custom"
 
 
 def mode_stats(mode: str) -> tuple[tuple[float, ...], tuple[float, ...], bool]:

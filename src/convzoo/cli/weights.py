@@ -13,50 +13,63 @@ import torch
 
 from ..data.transforms import ImageTransform
 from ..errors import ConfigError, WeightsError
-from ..factory import create_model
+from ..factory import build_with_weights
 from ..registry import get_model_cfg, list_records
 from ..utils.fileio import read_names
 from ..utils.tables import format_table
-from ..weights import load_weights, save_checkpoint
+from ..weights import FileHead, save_checkpoint
 from ..weights.hub import fetch, select
 from ..weights.info import describe
 from ..weights.verify import compare_with_keras, prepare_keras_check
-from .common import non_negative_int, output_file, warnings_as_lines
+from .common import model_name, non_negative_int, output_file, warnings_as_lines
 
 VERIFY_ATOL = 1e-4
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """``convzoo weights convert IN OUT --model NAME``."""
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    model = create_model(args.model, **kwargs)
-    class_names = None
-    if args.class_names is not None:
-        class_names = read_names(args.class_names, "class names")
-        if model.num_classes and len(class_names) != model.num_classes:
-            raise ConfigError(f"{args.class_names}: expected {model.num_classes} class names (one per class of "
-                              f"the model), found {len(class_names)}")
+    """``convzoo weights convert IN OUT --model NAME``: the model gets the file's head unless
+    ``--num-classes`` says otherwise."""
+    class_names = None if args.class_names is None else read_names(args.class_names, "class names")
     with warnings_as_lines():
-        report = load_weights(model, args.input, strict=not args.no_strict)
+        model, report = build_with_weights(args.model, args.input, strict=not args.no_strict,
+                                           num_classes=args.num_classes)
+    if class_names is not None and model.num_classes and len(class_names) != model.num_classes:
+        raise ConfigError(f"{args.class_names}: {len(class_names)} class names for a model with "
+                          f"{model.num_classes} classes")
     out = save_checkpoint(model, args.output, class_names=class_names,
                           extra={"converted_from": report.path, "source_format": report.format,
                                  "source_layout": report.layout})
     print(report)
+    for note in report.notes:
+        print(f"note: {note}")
     print(f"wrote {out}")
     return 0
 
 
+def _shown(key: str, value: Any) -> str:
+    if key == "values":
+        return f"{value:,}"
+    if key == "nesting":
+        return " > ".join(value)
+    if key == "head":
+        return FileHead(**value).describe()
+    if isinstance(value, list) and key in ("preprocessing_layers", "prefixes"):
+        return ", ".join(value)
+    return "unknown" if value is None else str(value)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    """``convzoo weights info FILE``."""
+    """``convzoo weights info FILE``: one line per fact (``--json``: one JSON object); the notes last."""
     info = describe(args.file)
     if args.json:
         print(json.dumps(info))
         return 0
-    width = max(len(k) for k in info)
-    for key, value in info.items():
-        if key == "values":
-            value = f"{value:,}"
-        print(f"{key:<{width}}  {'unknown' if value is None else value}")
+    shown = {k: v for k, v in info.items() if k == "model" or (k != "notes" and v not in (None, [], {}))}
+    width = max(len(k) for k in shown)
+    for key, value in shown.items():
+        print(f"{key:<{width}}  {_shown(key, value)}")
+    for note in info.get("notes", []):
+        print(f"note: {note}")
     return 0
 
 
@@ -118,10 +131,10 @@ def _register_weights(subparsers: Any) -> None:
     c = sub.add_parser("convert", help="load a Keras/torchvision/timm/convzoo file into a model, save a checkpoint")
     c.add_argument("input", help="weights file (format detected from its bytes) or 'imagenet'")
     c.add_argument("output", type=output_file(".safetensors", what="a convzoo checkpoint", folder_ok=True),
-                   help="checkpoint file to write (an existing folder gets model.safetensors)")
-    c.add_argument("--model", required=True, help="registered model name (see `convzoo list`)")
-    c.add_argument("--num-classes", type=non_negative_int,
-                   help="classes of the new model (the classifier is then not loaded)")
+                   help="checkpoint file to write, .safetensors (an existing folder gets model.safetensors)")
+    c.add_argument("--model", required=True, type=model_name, help="registered model name (see `convzoo list`)")
+    c.add_argument("--num-classes", type=non_negative_int, help="classes of the new model (default: the file's; other than the "
+                                                   "file's, the classifier is not loaded)")
     c.add_argument("--class-names", type=Path, help="text file with one class name per line")
     c.add_argument("--no-strict", action="store_true", help="load what fits instead of failing")
     c.set_defaults(func=cmd_convert)

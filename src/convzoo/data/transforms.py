@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..preprocess import MODES, preprocess_input, recorded_preprocessing
+from ..preprocess import CUSTOM, MODES, preprocess_input, recorded_preprocessing
 from ..models.spec import INTERPOLATIONS, ModelCfg
 from .images import open_image, resize_cover_crop
 
@@ -19,18 +19,23 @@ from .images import open_image, resize_cover_crop
 @dataclass(frozen=True)
 class ImageTransform:
     """How a photo becomes a model input: resize the shorter side to ``size / crop_pct``, centre-crop
-    ``size``, then normalise with ``mode``."""
+    ``size``, then normalise with ``mode`` (Keras' modes, :mod:`convzoo.preprocess`), or with ``mode``
+    ``'custom'``: (x - ``mean``) / ``std`` per RGB channel in 0..255 pixel units, a weights record's own."""
 
     size: tuple[int, int]
     crop_pct: float
     interpolation: str
     mode: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
-        if self.mode not in MODES:
+        if self.mode not in (*MODES, CUSTOM):
             raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == CUSTOM and (self.mean is None or self.std is None):
+            raise ConfigError("preprocessing mode 'custom' needs the mean and std it normalises with")
         if not 0 < self.crop_pct <= 1:
             raise ConfigError(f"crop_pct must lie in (0, 1], got {self.crop_pct}")
 
@@ -42,12 +47,13 @@ class ImageTransform:
     @classmethod
     def from_model(cls, model: Any, mode: str | None = None) -> "ImageTransform":
         """The transform for ``model``: its input size, and the interpolation, crop fraction and
-        preprocessing recorded with its weights (``weights_meta``, else ``default_cfg``); ``mode`` overrides
-        the preprocessing."""
+        preprocessing recorded with its weights (``weights_meta``, else ``default_cfg``; a record's own mean
+        and std for its ``'custom'`` preprocessing); ``mode`` overrides the preprocessing."""
         cfg = model.default_cfg
         meta = getattr(model, "weights_meta", None) or cfg
-        return cls(tuple(cfg.input_size[1:]), meta.crop_pct, meta.interpolation,
-                   mode or recorded_preprocessing(model))
+        mode = mode or recorded_preprocessing(model)
+        stats = (tuple(meta.mean), tuple(meta.std)) if mode == CUSTOM else (None, None)
+        return cls(tuple(cfg.input_size[1:]), meta.crop_pct, meta.interpolation, mode, *stats)
 
     def pixels(self, path: str | Path) -> torch.Tensor:
         """The image file at ``path`` resized and cropped, as a uint8 tensor (3, H, W)."""
@@ -59,6 +65,15 @@ class ImageTransform:
         im = im.crop((left, top, left + w, top + h))
         return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The model input for float RGB pixels in 0..255, shaped (N, 3, H, W): the preprocessing of the weights
+        (Keras' ``preprocess_input`` for the mode, or the record's own mean and std)."""
+        if self.mode != CUSTOM:
+            return preprocess_input(x, self.mode)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
     def __call__(self, paths: list[str | Path]) -> torch.Tensor:
         """A normalised float batch (N, 3, H, W) of the image files at ``paths``."""
-        return preprocess_input(torch.stack([self.pixels(p) for p in paths]).float(), self.mode)
+        return self.normalize(torch.stack([self.pixels(p) for p in paths]).float())

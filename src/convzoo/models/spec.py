@@ -17,16 +17,17 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..preprocess import MODES, mode_stats
+from ..preprocess import CUSTOM, MODES, mode_stats
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 LIBRARIES = ("keras", "timm", "torchvision")
 _HASH_LENGTHS = {"md5": 32, "sha256": 64}
 
 
-def _check_transform(what: str, preprocessing: str, interpolation: str, crop_pct: float) -> None:
-    if preprocessing not in MODES:
-        raise ConfigError(f"{what}: preprocessing must be one of {', '.join(MODES)}, got {preprocessing!r}")
+def _check_transform(what: str, preprocessing: str, interpolation: str, crop_pct: float,
+                     modes: tuple[str, ...] = MODES) -> None:
+    if preprocessing not in modes:
+        raise ConfigError(f"{what}: preprocessing must be one of {', '.join(modes)}, got {preprocessing!r}")
     if interpolation not in INTERPOLATIONS:
         raise ConfigError(f"{what}: interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     if not 0 < crop_pct <= 1:
@@ -135,8 +136,9 @@ class WeightRecord:
     after a SHA-256 prefix, which ``torch.hub`` checks); HEX may be a prefix; None when unknown. ``size`` in
     bytes (None when unknown). ``input_size``, ``interpolation``, ``crop_pct``, ``preprocessing`` and
     ``mean``/``std`` (0..255 pixel units, in the channel order the model takes) describe the evaluation
-    transform. ``classes`` names the class list (None when unknown), ``top1`` the publisher's top-1 accuracy
-    in percent with ``top1_source``, ``parity`` the test that verified the import. ``input_affine``: the
+    transform; ``preprocessing`` ``'custom'`` means ``mean``/``std`` themselves (RGB), as folded from a Keras
+    model's Rescaling and Normalization layers. ``classes`` names the class list (None when unknown),
+    ``top1`` the publisher's top-1 accuracy in percent with ``top1_source``, ``parity`` the test that verified the import. ``input_affine``: the
     per-channel (scale, shift) the publisher's model applies to its input before the first convolution
     (torchvision's Inception V3 ``transform_input``), folded into that convolution at import; a record with
     one must have a hash, so that the fold depends on the file's contents.
@@ -163,7 +165,10 @@ class WeightRecord:
     input_affine: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
-        _check_transform(self.name, self.preprocessing, self.interpolation, self.crop_pct)
+        _check_transform(self.name, self.preprocessing, self.interpolation, self.crop_pct, (*MODES, CUSTOM))
+        if len(self.mean) != 3 or len(self.std) != 3 or 0 in self.std:
+            raise ConfigError(f"{self.name}: mean and std must hold 3 values, no std zero; got {self.mean}, "
+                              f"{self.std}")
         if self.input_affine is not None and self.hash is None:
             raise ConfigError(f"{self.name}: a record with an input_affine needs a hash")
 

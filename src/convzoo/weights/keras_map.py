@@ -177,6 +177,18 @@ def keras_to_convzoo(layers: list[KerasLayer], model: nn.Module) -> Mapped:
     return out
 
 
+def classifier_to_convzoo(layer: KerasLayer, model: nn.Module, out: Mapped) -> None:
+    """Convert the Dense ``layer`` that classifies a wrapped application's pooled features onto ``model``'s
+    classifier (``default_cfg.classifier``), whatever the layer's name; a Dense without bias gets a zero one."""
+    path = model.default_cfg.classifier
+    out.modules[layer.name] = path
+    _convert(layer, path, model.get_submodule(path), None, out)
+    weight = out.tensors.get(f"{path}.weight")
+    if weight is not None and f"{path}.bias" not in out.tensors and len(layer.weights) == 1:
+        out.tensors[f"{path}.bias"] = Tensor(torch.zeros(weight.value.shape[0]), f"Keras '{layer.name}' (no bias)")
+        out.notes.append(f"Keras '{layer.name}' has no bias: {path}.bias set to zero")
+
+
 def guess_keras_model(layers: list[KerasLayer]) -> str | None:
     """The registered model a Keras file was most likely written from, as the families judge its layer
     names and weight shapes."""

@@ -8,6 +8,7 @@ import math
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,12 +21,13 @@ from . import formats
 from .checkpoint import read_checkpoint
 from .fold import fold_input_affine
 from .hub import fetch_pretrained
-from .keras_h5 import batchnorm_settings, read_keras, read_keras_config
-from .keras_map import guess_keras_model, keras_to_convzoo
+from .keras_h5 import KerasFile, batchnorm_settings
+from .keras_map import classifier_to_convzoo, guess_keras_model, keras_to_convzoo
 from .layouts import TORCH_DEPTHWISE, TORCH_POINTWISE, fit_kernel
-from .mapping import Mapped
+from .mapping import FileHead, Mapped
 from .records import published_record, record_for_file
-from .torch_state import guess_torch_model, read_safetensors, read_torch, state_to_convzoo
+from .source import WeightsFile, keras_structure, read_weights, torch_head
+from .torch_state import guess_torch_model, read_safetensors, state_to_convzoo
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,12 @@ class LoadReport:
     """What :func:`load_weights` did: the file, its ``format`` and key ``layout``, the convzoo keys
     ``loaded``, the classifier tensors ``skipped`` (with why), and ``missing``/``unexpected``/``mismatched``
     entries (empty after a strict load; with ``strict=False`` what was left out), ``notes`` (conversions,
-    BatchNorm conventions, folds) and the :class:`~convzoo.models.spec.WeightRecord` attached to the model."""
+    BatchNorm conventions, folds, layers left out) and the :class:`~convzoo.models.spec.WeightRecord`
+    attached to the model. What the file says about the model around the weights: its ``head`` (classes,
+    pooling, dropout, activation: :meth:`FileHead.as_dict`), the Keras models it nests the application in
+    (``nesting``, outermost first; empty when the file is the application), and for a torch checkpoint the
+    entry the state dict was taken from (``container``, e.g. ``'state_dict_ema'``) and the wrapper prefixes
+    removed from its keys (``prefixes``, e.g. ``['module.', '_orig_mod.']``)."""
 
     path: str
     format: str
@@ -49,6 +56,10 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     record: WeightRecord | None = None
+    head: dict[str, Any] | None = None
+    nesting: list[str] = field(default_factory=list)
+    container: str | None = None
+    prefixes: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -63,6 +74,12 @@ class LoadReport:
 
     def __str__(self) -> str:
         line = f"loaded {len(self.loaded)} tensors from {self.path} ({self.format}, {self.layout})"
+        if self.container or self.prefixes:
+            taken = [f"from entry '{self.container}'"] if self.container else []
+            taken += [f"prefixes {', '.join(repr(p) for p in self.prefixes)} removed"] if self.prefixes else []
+            line += f"; {', '.join(taken)}"
+        if self.nesting:
+            line += f"; application nested as {' > '.join(self.nesting)}"
         if self.skipped:
             line += f"; skipped {_listing(self.skipped, 'head tensors')}"
         if self.problems():
@@ -150,9 +167,7 @@ def apply_mapped(model: nn.Module, mapped: Mapped, report: LoadReport, strict: b
             report.missing.append(key)
     report.notes.extend(mapped.notes)
     if strict and report.problems():
-        name = getattr(getattr(model, "default_cfg", None), "name", type(model).__name__)
-        looks = f" (it looks like {mapped.guess} weights)" if mapped.guess not in (None, name) else ""
-        raise WeightsError(f"{report.path} does not fit {name}{looks}: {report.problems()}")
+        raise _misfit(model, mapped, report)
     with torch.no_grad():
         for key, value in loaded.items():
             target[key].copy_(value)
@@ -165,6 +180,23 @@ def apply_mapped(model: nn.Module, mapped: Mapped, report: LoadReport, strict: b
         warnings.warn(f"{report.path}: partial load: {report.problems()}", stacklevel=3)
     log.info("%s", report)
     return report
+
+
+def _misfit(model: nn.Module, mapped: Mapped, report: LoadReport) -> WeightsError:
+    """The error of a strict load that does not fit: the entries that do not, or, for a file that looks like
+    another model's, only how many (the lists are in the error's ``report`` and the log)."""
+    name = getattr(getattr(model, "default_cfg", None), "name", type(model).__name__)
+    if mapped.guess in (None, name):
+        error = WeightsError(f"{report.path} does not fit {name}: {report.problems()}")
+    else:
+        parts = [f"{len(n)} {what}" for what, n in (("missing", report.missing), ("unexpected", report.unexpected),
+                                                     ("mismatched", report.mismatched)) if n]
+        counts = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+        error = WeightsError(f"{report.path} does not fit {name} (it looks like {mapped.guess} weights): {counts} "
+                             f"tensors; load it into {mapped.guess}")
+        log.info("%s does not fit %s: %s", report.path, name, report.problems())
+    error.report = report  # type: ignore[attr-defined]
+    return error
 
 
 def _fit_layout(model: nn.Module, key: str, value: torch.Tensor, src: str) -> tuple[torch.Tensor, str] | None:
@@ -197,32 +229,40 @@ def _apply_batchnorm(model: nn.Module, settings: dict[str, tuple[float, float]],
                             f"on {_listing(changed, 'layers')}; the file's applied")
 
 
-def _read_keras_mapped(path: Path, fmt: str, model: nn.Module) -> Mapped:
-    archive = fmt == formats.KERAS_ARCHIVE
-    layout, layers = read_keras(path, archive=archive)
+def _keras_mapped(file: KerasFile, model: nn.Module) -> Mapped:
+    """The application's layers of a Keras file, and the Dense classifying its pooled features, as tensors
+    under ``model``'s keys; the file's head, nesting and preprocessing alongside."""
+    structure = keras_structure(file, model)
+    layers = structure.app.weighted()
     try:
         mapped = keras_to_convzoo(layers, model)
+        if structure.classifier is not None:
+            classifier_to_convzoo(structure.classifier, model, mapped)
     except WeightsError as exc:
-        raise WeightsError(f"{path}: {exc}") from None
-    mapped.layout = f"keras ({layout})"
+        raise WeightsError(f"{file.path}: {exc}") from None
+    mapped.layout = f"keras ({file.layout})"
     mapped.guess = guess_keras_model(layers)
-    config = read_keras_config(path, archive=archive)
-    for name, (eps, momentum) in batchnorm_settings(config or {}).items():
+    for name, (eps, momentum) in batchnorm_settings(file.config or {}).items():
         if name in mapped.modules:
             mapped.batchnorm[mapped.modules[name]] = (eps, 1.0 - momentum)
+    mapped.head, mapped.nesting = structure.head, structure.nesting
+    mapped.preprocessing, mapped.preprocessing_layers = structure.preprocessing, structure.preprocessing_layers
+    mapped.notes.extend(structure.notes)
     return mapped
 
 
-def read_mapped(path: Path, fmt: str, model: nn.Module) -> Mapped:
-    """Read the file at ``path`` (of format ``fmt``) and rename its tensors to ``model``'s keys."""
-    if fmt in (formats.KERAS_H5, formats.KERAS_ARCHIVE):
-        return _read_keras_mapped(path, fmt, model)
-    if fmt == formats.TORCH:
-        state = read_torch(path)
-    else:
-        state, _ = read_safetensors(path)
-    mapped = state_to_convzoo(state, layout="convzoo checkpoint" if fmt == formats.CONVZOO else None)
-    mapped.guess = guess_torch_model(state)
+def read_mapped(file: WeightsFile, model: nn.Module) -> Mapped:
+    """The tensors of the weights ``file`` renamed to ``model``'s keys (see :func:`read_weights`)."""
+    if file.keras is not None:
+        return _keras_mapped(file.keras, model)
+    state = file.state
+    mapped = state_to_convzoo(state.tensors, layout="convzoo checkpoint" if file.format == formats.CONVZOO else None)
+    mapped.guess = guess_torch_model(state.tensors)
+    mapped.container, mapped.prefixes = state.container, list(state.prefixes)
+    mapped.notes.extend(state.notes)
+    cfg = getattr(model, "default_cfg", None)
+    if isinstance(cfg, ModelCfg):
+        mapped.head = torch_head(state, cfg.classifier)
     return mapped
 
 
@@ -238,10 +278,29 @@ def _record_of_file(model: nn.Module, file: Path, fmt: str, mapped: Mapped) -> W
             return WeightRecord.from_dict(info.weights_meta)
         saved_mode = info.default_cfg.get("preprocessing")
     include_top = any(k.startswith(f"{cfg.classifier}.") for k in mapped.tensors)
-    return record_for_file(cfg, file, f"file ({fmt})", include_top, saved_mode)
+    return record_for_file(cfg, file, f"file ({fmt})", include_top, saved_mode, stats=mapped.preprocessing)
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+def _check_head(model: nn.Module, head: FileHead | None, report: LoadReport) -> None:
+    """Refuse a classifier that would be loaded behind another pooling than the file's; note other
+    differences between the file's head and the model's."""
+    pool = getattr(model, "global_pool", None)
+    if head is None or not head.classes or pool is None:
+        return
+    loads = getattr(model, "num_classes", None) == head.classes
+    if head.pooling is not None and head.pooling != pool:
+        if loads:
+            raise WeightsError(f"{report.path}: its classifier follows {head.pooling} pooling, the model pools "
+                               f"with {pool or 'none'}; build it with global_pool='{head.pooling}'")
+        report.notes.append(f"the file pools with {head.pooling} before its classifier, the model with "
+                            f"{pool or 'none'}")
+    drop = getattr(model, "drop_rate", None)
+    if loads and head.dropout is not None and drop is not None and not math.isclose(drop, head.dropout):
+        report.notes.append(f"the file's dropout before its classifier is {head.dropout:g}, the model's drop_rate "
+                            f"{drop:g} (kept; it acts only in training)")
+
+
+def load_weights(model: nn.Module, path: str | Path | WeightsFile, strict: bool = True) -> LoadReport:
     """Load weights into ``model`` from ``path``, whatever wrote them, and return a :class:`LoadReport`.
 
     ``path`` is a Keras HDF5 file (legacy ``.h5`` or Keras 3 ``.weights.h5``), a ``.keras`` archive, a
@@ -265,17 +324,21 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Loa
     record = None
     if isinstance(path, str) and path.split(":", 1)[0] == "imagenet":
         record, path = fetch_pretrained(model, path)
-    fmt, file = formats.detect_format(path)
+    file = path if isinstance(path, WeightsFile) else read_weights(path)
     if record is None:
         cfg = getattr(model, "default_cfg", None)
-        record = published_record(file, cfg.name if isinstance(cfg, ModelCfg) else None)
-    mapped = read_mapped(file, fmt, model)
-    report = apply_mapped(model, mapped, LoadReport(str(file), fmt, mapped.layout), strict=strict)
+        record = published_record(file.path, cfg.name if isinstance(cfg, ModelCfg) else None)
+    mapped = read_mapped(file, model)
+    report = LoadReport(str(file.path), file.format, mapped.layout,
+                        head=None if mapped.head is None else mapped.head.as_dict(), nesting=mapped.nesting,
+                        container=mapped.container, prefixes=mapped.prefixes)
+    _check_head(model, mapped.head, report)
+    apply_mapped(model, mapped, report, strict=strict)
     if record is not None and record.input_affine is not None:
         folded = fold_input_affine(model, *record.input_affine)
         report.notes.append(f"the publisher's transform_input folded into {folded} ({record.name}): the model "
                             f"takes {record.preprocessing!r} preprocessing")
-    report.record = record if record is not None else _record_of_file(model, file, fmt, mapped)
+    report.record = record if record is not None else _record_of_file(model, file.path, file.format, mapped)
     if report.record is not None:
         model.weights_meta = report.record
     return report

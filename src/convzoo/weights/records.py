@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ChecksumError
 from ..models.spec import ModelCfg, WeightRecord
-from ..preprocess import mode_stats
+from ..preprocess import CUSTOM, MODES, mode_stats
 from ..registry import list_records
 from ..utils.fileio import check_file, file_digest
 
@@ -43,14 +45,29 @@ def published_record(path: Path, model: str | None) -> WeightRecord | None:
 
 
 def record_for_file(cfg: ModelCfg, path: str | Path, source: str, include_top: bool,
-                    preprocessing: str | None = None) -> WeightRecord:
+                    preprocessing: str | None = None,
+                    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> WeightRecord:
     """The record of a file no published record names: its name, SHA-256 and size, and the evaluation
     transform of the registered model ``cfg`` (for a model with a Keras layout that is its Keras
     application's preprocessing). ``source`` says what the file is (its format); ``preprocessing``
-    overrides the mode (a convzoo checkpoint's saved one). Its classes, accuracy and parity are unknown."""
+    overrides the mode (a convzoo checkpoint's saved one); ``stats``, the (mean, std) per RGB channel in
+    0..255 pixel units the file's own preprocessing layers apply, override both (as the mode they equal, else
+    as ``'custom'``). Its classes, accuracy and parity are unknown."""
     path = Path(path)
     mode = preprocessing or cfg.preprocessing
     mean, std, _ = mode_stats(mode)
+    if stats is not None:
+        mode, (mean, std) = mode_of(*stats), stats
     return WeightRecord(f"{cfg.name}.{path.stem}", cfg.name, source, None, path.name,
                         f"sha256:{file_digest(path)}", path.stat().st_size, include_top, tuple(cfg.input_size),
-                        cfg.interpolation, cfg.crop_pct, mode, mean, std, None)
+                        cfg.interpolation, cfg.crop_pct, mode, tuple(mean), tuple(std), None)
+
+
+def mode_of(mean: tuple[float, ...], std: tuple[float, ...]) -> str:
+    """The preprocessing mode whose RGB (mean, std) in 0..255 pixel units equal these (to 1e-4 pixel and
+    1e-6 relative), else ``'custom'``."""
+    for mode in MODES:
+        m, s, bgr = mode_stats(mode)
+        if not bgr and np.allclose(mean, m, rtol=1e-6, atol=1e-4) and np.allclose(std, s, rtol=1e-6, atol=1e-6):
+            return mode
+    return CUSTOM

@@ -7,6 +7,7 @@ Keras is an optional dependency: :func:`require_keras` turns its absence into on
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +18,9 @@ from .mapping import one_line
 
 
 def require_keras() -> Any:
-    """The ``keras`` module, or a :class:`ConvzooError` saying it is not installed."""
+    """The ``keras`` module, or a :class:`ConvzooError` saying it is not installed. Keras 3's backend defaults
+    to torch here (``KERAS_BACKEND`` unset): convzoo runs on torch and TensorFlow need not be installed."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
         import keras
     except ImportError as exc:
@@ -26,13 +29,14 @@ def require_keras() -> Any:
     return keras
 
 
-def build_keras_reference(app: str, include_top: bool) -> Any:
-    """``keras.applications.<app>`` with random weights: with its classifier (no softmax), or without it
-    and average-pooled, as ``convzoo.create_model(..., include_top=False, pooling='avg')``."""
+def build_keras_reference(app: str, classes: int) -> Any:
+    """``keras.applications.<app>`` with random weights: with a classifier of ``classes`` (no softmax), or,
+    for 0 classes, without one and average-pooled, as ``convzoo.create_model(..., include_top=False,
+    pooling='avg')``."""
     keras = require_keras()
     builder = getattr(keras.applications, app)
-    if include_top:
-        return builder(weights=None, classifier_activation=None)
+    if classes:
+        return builder(weights=None, classes=classes, classifier_activation=None)
     return builder(weights=None, include_top=False, pooling="avg")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,29 +22,115 @@ from ..registry import families, key_layouts
 from .mapping import Mapped, Tensor, one_line
 
 CONVZOO_NAMES = "convzoo names"
-_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
+# Checkpoint entries holding the state dict, EMA weights first (timm's load_checkpoint(use_ema=True)).
+CONTAINERS = ("state_dict_ema", "model_ema", "state_dict", "model_state_dict", "model")
+_EMA = ("state_dict_ema", "model_ema")
+# Key segments wrappers add: DDP, DataParallel and AveragedModel ('module'), torch.compile ('_orig_mod').
+_DDP, _COMPILED = "module", "_orig_mod"
+# torch.optim.swa_utils.AveragedModel's step counter, saved beside the averaged 'module.*' tensors.
+_AVERAGED_COUNT = "n_averaged"
 
 
-def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a state dict, unwrapping ``{'state_dict': ...}``-style containers and ``module.``."""
+@dataclass
+class TorchState:
+    """A state dict as training code saved it, unwrapped: the ``tensors`` under the model's own keys, the
+    checkpoint entry they came from (``container``, None for a bare state dict), the wrapper prefixes
+    removed from the keys in order (``prefixes``, e.g. ``['module.', '_orig_mod.']``) and ``notes`` on
+    what else was dropped or chosen."""
+
+    tensors: dict[str, torch.Tensor]
+    container: str | None = None
+    prefixes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _open_container(obj: Any, notes: list[str]) -> tuple[Any, list[str]]:
+    """The state dict inside ``{'model': ..., 'epoch': ...}``-style checkpoints (at most two levels), and the
+    entries taken, outermost first."""
+    taken: list[str] = []
     for _ in range(2):
-        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
-            if inner is not None:
-                obj = inner
+        if not isinstance(obj, dict) or any(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        present = [k for k in CONTAINERS if isinstance(obj.get(k), dict) and obj[k]]
+        if not present:
+            break
+        key = present[0]
+        if key in _EMA and any(k not in _EMA for k in present):
+            notes.append(f"the file holds the model's weights and their EMA; loaded the EMA ('{key}'), as timm's "
+                         "load_checkpoint does")
+        others = sorted(str(k) for k in obj if k != key)
+        if others:
+            notes.append(f"checkpoint entries ignored: {', '.join(others[:6])}{' ...' if len(others) > 6 else ''}")
+        obj = obj[key]
+        taken.append(str(key))
+    return obj, taken
+
+
+def _strip_key(key: str) -> tuple[str, tuple[str, ...], bool]:
+    """``key`` without the wrapper segments: the leading ``module.``/``_orig_mod.`` ones (returned in order)
+    and any ``_orig_mod.`` further in (a compiled submodule; the flag says whether there was one)."""
+    parts = key.split(".")
+    leading = []
+    while len(parts) > 1 and parts[0] in (_DDP, _COMPILED):
+        leading.append(parts.pop(0) + ".")
+    inner = [p for p in parts[:-1] if p == _COMPILED]
+    if inner:
+        parts = [p for p in parts[:-1] if p != _COMPILED] + parts[-1:]
+    return ".".join(parts), tuple(leading), bool(inner)
+
+
+def _strip_wrappers(tensors: dict[str, torch.Tensor], path: Path, state: TorchState) -> None:
+    """Remove the keys' wrapper segments; keys that become equal (a file mixing a wrapped and an unwrapped
+    copy of a model) are a :class:`WeightsError`."""
+    if _AVERAGED_COUNT in tensors and any(k.startswith(f"{_DDP}.") for k in tensors):
+        count = tensors.pop(_AVERAGED_COUNT)
+        state.notes.append(f"AveragedModel's {_AVERAGED_COUNT} ({int(count.reshape(-1)[0]) if count.numel() else '?'})"
+                           " dropped")
+    stripped: dict[str, str] = {}
+    shapes: dict[tuple[str, ...], int] = {}
+    inner = 0
+    for key in tensors:
+        new, leading, nested = _strip_key(key)
+        if new in stripped:
+            raise WeightsError(f"{path}: keys '{stripped[new]}' and '{key}' are the same tensor once the wrapper "
+                               f"prefixes are removed: the file mixes two state dicts; save one")
+        stripped[new] = key
+        shapes[leading] = shapes.get(leading, 0) + 1
+        inner += nested
+    state.tensors = {new: tensors[key] for new, key in stripped.items()}
+    for leading in shapes:
+        state.prefixes.extend(p for p in leading if p not in state.prefixes)
+    if len(shapes) > 1:
+        counts = ", ".join(f"'{''.join(k) or 'none'}' on {n}" for k, n in shapes.items())
+        state.notes.append(f"wrapper prefixes differ between keys ({counts} keys); each key's removed")
+    if inner:
+        state.notes.append(f"'{_COMPILED}.' (a compiled submodule) removed inside {inner} keys")
+
+
+def unwrap_state(obj: Any, path: Path) -> TorchState:
+    """The tensors of a state dict as training code saves it: inside a checkpoint entry (:data:`CONTAINERS`,
+    EMA weights preferred), under ``module.`` (DDP, DataParallel, AveragedModel, whose ``n_averaged`` is
+    dropped) and ``_orig_mod.`` (``torch.compile``) prefixes in any order, beside non-tensor entries
+    (dropped). Raises :class:`WeightsError` for anything else."""
+    state = TorchState({})
+    obj, taken = _open_container(obj, state.notes)
+    state.container = "/".join(taken) or None
     if not isinstance(obj, dict) or not obj:
         raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise WeightsError(f"{path}: holds no tensors")
-    if all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
-    return tensors
+    dropped = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    if dropped:
+        state.notes.append(f"non-tensor entries ignored: {', '.join(dropped[:6])}{' ...' if len(dropped) > 6 else ''}")
+    _strip_wrappers(tensors, path, state)
+    return state
 
 
-def read_torch(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``torch.save`` file with ``weights_only=True``: a pickle that would call anything but the
-    tensor rebuilders is refused (:class:`UnsafeFileError`) before any of it runs."""
+def read_torch(path: str | Path) -> TorchState:
+    """Read a ``torch.save`` file with ``weights_only=True`` and unwrap its state dict (:func:`unwrap_state`):
+    a pickle that would call anything but the tensor rebuilders is refused (:class:`UnsafeFileError`) before
+    any of it runs."""
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -54,7 +141,7 @@ def read_torch(path: str | Path) -> dict[str, torch.Tensor]:
                               "(only tensors and plain containers are loaded)") from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise WeightsError(f"{path}: cannot read PyTorch file ({one_line(exc)[:300]})") from None
-    return _state_dict(obj, path)
+    return unwrap_state(obj, path)
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -29,11 +29,10 @@ from torch import nn
 from ..errors import ConvzooError, WeightsError
 from ..registry import build_model, family_of, get_model_cfg, list_models
 from ..utils.tables import format_table
-from . import formats
-from .keras_h5 import read_keras
 from .keras_map import guess_keras_model, keras_placements
 from .loading import load_weights
 from .reference import build_keras_reference, load_into_keras, require_keras
+from .source import keras_structure, read_weights
 from .torch_state import rename_keys
 
 WEIGHTED_LAYERS = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "BatchNormalization", "Dense")
@@ -166,7 +165,7 @@ def _keras_block_outputs(names: list[str], model: nn.Module) -> dict[str, str]:
 
 def _dense_logits(layer: Any, features: np.ndarray) -> np.ndarray:
     """A Keras Dense layer's output before its activation."""
-    import keras
+    keras = require_keras()
 
     out = features @ np.asarray(keras.ops.convert_to_numpy(layer.kernel))
     if layer.bias is not None:
@@ -178,7 +177,7 @@ def compare_with_keras(keras_model: Any, model: nn.Module, inputs: torch.Tensor,
                        rtol: float = 1e-5) -> ImportReport:
     """Run ``inputs`` (NCHW; transposed to NHWC for Keras) through a Keras model and a convzoo model holding
     the same weights and compare them layer by layer (see the module docstring)."""
-    import keras
+    keras = require_keras()
 
     layers = list(keras_model.layers)
     by_name = {layer.name: layer for layer in layers}
@@ -246,27 +245,34 @@ class KerasCheck:
 
 
 def prepare_keras_check(path: str | Path, model_name: str) -> KerasCheck:
-    """Load the Keras file at ``path`` into registered model ``model_name`` (with or without its classifier,
-    as the file has it) and, with Keras' own loader, into the Keras application the model reproduces exactly.
-    Raises :class:`ConvzooError` for a model without a Keras reference or without Keras installed, and
-    :class:`WeightsError` for a file that is not a Keras file or belongs to another model."""
+    """Load the Keras file at ``path`` into registered model ``model_name`` (with the file's classifier, or
+    without one, as the file has it) and, with Keras' own loader, into the Keras application the model
+    reproduces exactly. Raises :class:`ConvzooError` for a model without a Keras reference or without Keras
+    installed, and :class:`WeightsError` for a file that is not a Keras application's file (another model's,
+    or one that nests the application in a model of its own)."""
     cfg = get_model_cfg(model_name)
     app = cfg.exact_reference("keras")
     if app is None:
         known = [n for n in list_models() if get_model_cfg(n).exact_reference("keras")]
         raise ConvzooError(f"{model_name} has no Keras reference (it reproduces {cfg.reference}); verify-import "
                            f"compares these with keras.applications: {', '.join(known)}")
-    fmt, file = formats.detect_format(path)
-    if fmt not in (formats.KERAS_H5, formats.KERAS_ARCHIVE):
-        raise WeightsError(f"{file}: a {fmt} file; verify-import compares Keras files (.h5, .weights.h5, .keras)")
+    file = read_weights(path)
+    if file.keras is None:
+        raise WeightsError(f"{file.path}: a {file.format} file; verify-import compares Keras files (.h5, "
+                           ".weights.h5, .keras)")
     require_keras()
-    layout, layers = read_keras(file, archive=fmt == formats.KERAS_ARCHIVE)
-    guess = guess_keras_model(layers)
+    with torch.device("meta"):
+        structure = keras_structure(file.keras, build_model(cfg.name))
+    guess = guess_keras_model(structure.app.weighted())
     if guess is not None and guess != cfg.name:
-        raise WeightsError(f"{file} holds {guess} weights, not {cfg.name}")
-    include_top = any(layer.name == "predictions" for layer in layers)
-    model = build_model(cfg.name, **({} if include_top else {"include_top": False, "pooling": "avg"}))
+        raise WeightsError(f"{file.path} holds {guess} weights, not {cfg.name}")
+    if structure.nesting:
+        raise WeightsError(f"{file.path}: the application is nested in a model of its own "
+                           f"({' > '.join(structure.nesting)}); verify-import compares a keras.applications "
+                           "model's own file")
+    classes = structure.head.classes
+    model = build_model(cfg.name, **({"num_classes": classes} if classes else {"include_top": False, "pooling": "avg"}))
     load_weights(model, file)
-    keras_model = build_keras_reference(app, include_top)
-    load_into_keras(keras_model, file, fmt, layout)
-    return KerasCheck(file, fmt, app, model, keras_model)
+    keras_model = build_keras_reference(app, classes)
+    load_into_keras(keras_model, file.path, file.format, file.keras.layout)
+    return KerasCheck(file.path, file.format, app, model, keras_model)
