@@ -17,9 +17,6 @@ from .weights.source import WeightsFile, file_head, read_weights
 
 __all__ = ["build_with_weights", "create_model"]
 
-_POOLS = ("avg", "max", "")
-
-
 def create_model(
     name: str,
     num_classes: int | None = None,
@@ -32,12 +29,15 @@ def create_model(
     out_indices: tuple[int, ...] | None = None,
     weights: str | Path | None = None,
     global_pool: str | None = None,
+    pretrained: bool = False,
     **variant_args: Any,
 ) -> nn.Module:
     """Build a registered model (in training mode, as ``nn.Module`` constructors do).
 
     Keras-style: ``include_top=False`` drops the classifier; ``pooling`` is then ``None`` (feature maps,
-    (N, C, H, W)), ``'avg'`` or ``'max'`` (a pooled vector (N, C)). timm-style: ``num_classes``,
+    (N, C, H, W)), ``'avg'`` or ``'max'`` (a pooled vector (N, C)); with the top ``pooling`` is ignored, as
+    Keras ignores it, and ``classifier_activation`` (None or ``'linear'``: logits, ``'softmax'``) applies.
+    timm-style: ``num_classes``, ``pretrained`` (True: ``weights='imagenet'``),
     ``global_pool`` (``'avg'``, ``'max'``, ``''`` for none), ``drop_rate``, ``features_only`` with
     ``out_indices`` (stages to return; negative counts from the end). ``input_size`` (H, W) sets the size
     recorded in ``default_cfg``. ``variant_args`` go to the family's builder (e.g. ``aux_logits=True``), each
@@ -51,10 +51,14 @@ def create_model(
     :class:`~convzoo.errors.UnknownModelError`, :class:`~convzoo.errors.ConfigError` and, while loading, the
     errors of :func:`convzoo.load_weights`.
     """
+    if pretrained:
+        if weights is not None:
+            raise ConfigError(f"pretrained=True loads the published weights; weights={weights!r} names others")
+        weights = "imagenet"
     args = dict(num_classes=num_classes, in_chans=in_chans, include_top=include_top, pooling=pooling,
                 input_size=input_size, drop_rate=drop_rate, global_pool=global_pool, **variant_args)
     if weights is None:
-        model = _build(name, **args)
+        model = build_model(name, **args)
     else:
         model, _ = build_with_weights(name, weights, **args)
     if features_only:
@@ -70,7 +74,7 @@ def build_with_weights(name: str, weights: str | Path | WeightsFile, strict: boo
     if not (isinstance(weights, str) and weights.split(":", 1)[0] == "imagenet"):
         weights = weights if isinstance(weights, WeightsFile) else read_weights(weights)
         kwargs = _with_file_head(file_head(weights, name), kwargs)
-    model = _build(name, **kwargs)
+    model = build_model(name, **kwargs)
     return model, load_weights(model, weights, strict=strict)
 
 
@@ -89,13 +93,3 @@ def _with_file_head(head: FileHead | None, kwargs: dict[str, Any]) -> dict[str, 
     return out
 
 
-def _build(name: str, global_pool: str | None = None, **kwargs: Any) -> nn.Module:
-    """``build_model``, then timm's ``global_pool`` set on the head (the classifier keeps its weights)."""
-    if global_pool is not None and global_pool not in _POOLS:
-        raise ConfigError(f"global_pool must be 'avg', 'max' or '', got {global_pool!r}")
-    model = build_model(name, **kwargs)
-    if global_pool is not None:
-        if global_pool == "" and model.num_classes:
-            raise ConfigError("global_pool='' (no pooling) needs num_classes=0: the classifier takes pooled features")
-        model.global_pool = global_pool
-    return model

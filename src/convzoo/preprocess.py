@@ -1,7 +1,7 @@
 """Preprocessing as Keras names it: ``'tf'``, ``'caffe'``, ``'torch'``, plus the seed's ``'cifar'``.
 
-All functions take float tensors of RGB pixels in 0..255, shaped (N, 3, H, W). Which mode a model takes is
-recorded with its weights (``model.weights_meta``, a :class:`~convzoo.models.spec.WeightRecord`); a model
+The functions take RGB pixels in 0..255 (:func:`preprocess_input` says which shapes and types). Which mode a
+model takes is recorded with its weights (``model.weights_meta``, a :class:`~convzoo.models.spec.WeightRecord`); a model
 without a record takes its ``default_cfg``'s.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
@@ -59,23 +60,38 @@ def choose_preprocessing(model: Any, requested: str | None) -> tuple[str, str | 
                        f"using {requested!r}")
 
 
-def preprocess_input(x: torch.Tensor, mode: str) -> torch.Tensor:
-    """Normalise RGB pixels in 0..255 as Keras' ``preprocess_input`` does for ``mode``.
+def _normalise(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """``mode``'s normalisation of float pixels whose channel axis is -3 ((3, H, W) or (N, 3, H, W))."""
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    mean, std, bgr = mode_stats(mode)
+    if bgr:
+        x = x.flip(-3)
+    if mode == "torch":  # Keras scales to [0, 1] first: the same numbers, rounded as Keras rounds them
+        x = x / 255.0
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    x = x - torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return x if mode == "caffe" else x / torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+
+
+def preprocess_input(x: torch.Tensor | np.ndarray, mode: str) -> torch.Tensor | np.ndarray:
+    """Normalise RGB pixels in 0..255 as Keras' ``preprocess_input`` does for ``mode``
+    (``keras.applications.imagenet_utils``).
 
     ``'tf'``: scale to [-1, 1]. ``'caffe'``: RGB to BGR, subtract the ImageNet mean, no scaling.
     ``'torch'``: scale to [0, 1], subtract the ImageNet mean and divide by its std.
     ``'cifar'``: the seed's per-channel CIFAR-10 mean and std, in pixel units.
+
+    A tensor is channels-first, one image (3, H, W) or a batch (N, 3, H, W), and keeps its shape; a numpy
+    array is channels-last ((H, W, 3) or (N, H, W, 3)), Keras' default data format, and comes back as a new
+    numpy array. Integer input (uint8 photos) is cast to float32 first, as Keras casts it; float input keeps
+    its dtype. The input is never modified.
     """
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    if mode == "caffe":
-        return x.flip(1) - torch.tensor(CAFFE_MEAN_BGR, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    if mode == "torch":
-        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x / 255.0 - mean) / std
-    if mode == "cifar":
-        mean = torch.tensor(CIFAR_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(CIFAR_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
-    raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in MODES:
+        raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if isinstance(x, np.ndarray):
+        channels_first = torch.from_numpy(np.array(x, dtype=x.dtype.newbyteorder("="))).movedim(-1, -3)
+        return preprocess_input(channels_first, mode).movedim(-3, -1).numpy()
+    if x.dim() not in (3, 4) or x.shape[-3] != 3:
+        raise ConfigError(f"expected RGB pixels of shape (3, H, W) or (N, 3, H, W), got {tuple(x.shape)}")
+    return _normalise(x if x.is_floating_point() else x.to(torch.float32), mode)

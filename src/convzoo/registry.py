@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import replace
-from typing import Any, get_type_hints
+from typing import Any, Sequence, get_type_hints
 
 from torch import nn
 
@@ -20,7 +20,11 @@ __all__ = ["ModelCfg", "RECORDS", "build_model", "families", "family_of", "get_m
            "list_models", "list_records", "model_kwargs_from_json"]
 
 # What build_model itself takes; every other keyword goes to the family's builder.
-_BUILD_ARGS = ("num_classes", "in_chans", "include_top", "pooling", "input_size", "drop_rate")
+_BUILD_ARGS = ("num_classes", "in_chans", "include_top", "pooling", "input_size", "drop_rate", "global_pool",
+               "classifier_activation")
+POOLS = ("avg", "max", "")
+# Keras' classifier_activation values: None and 'linear' give logits.
+ACTIVATIONS = (None, "linear", "softmax")
 # Builder arguments that build_model sets from its own.
 _SET_BY_BUILD = ("num_classes", "in_chans", "global_pool", "drop_rate")
 
@@ -43,9 +47,19 @@ RECORDS: dict[str, tuple[WeightRecord, ...]] = {
     name: recs for name in _MODELS if (recs := tuple(r for f in FAMILIES for r in f.records if r.model == name))}
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern`` (e.g. ``'*xception*'``), sorted."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+def _patterns(filters: str | Sequence[str]) -> list[str]:
+    return [filters] if isinstance(filters, str) else list(filters)
+
+
+def list_models(filter: str | Sequence[str] = "*", exclude_filters: str | Sequence[str] = (),
+                pretrained: bool = False) -> list[str]:
+    """Registered model names, sorted, as timm's ``list_models``: those matching any of the shell-style
+    patterns ``filter`` (e.g. ``'*xception*'`` or ``['*xception*', 'resnet*']``) and none of
+    ``exclude_filters``; with ``pretrained``, only models with published weights."""
+    include = [p or "*" for p in _patterns(filter)] or ["*"]  # timm's default filter is ''
+    exclude = [p for p in _patterns(exclude_filters) if p]
+    return sorted(n for n in _MODELS if any(fnmatch.fnmatch(n, p) for p in include)
+                  and not any(fnmatch.fnmatch(n, p) for p in exclude) and (not pretrained or n in RECORDS))
 
 
 def get_model_cfg(name: str) -> ModelCfg:
@@ -94,21 +108,39 @@ def _check_builder_args(cfg: ModelCfg, args: dict[str, Any]) -> dict[str, Any]:
     return {k: coerce(v, hints[k], k) for k, v in args.items()}
 
 
-def build_model(name: str, num_classes: int | None = None, in_chans: int = 3, include_top: bool = True,
-                pooling: str | None = None, input_size: tuple[int, int] | None = None,
-                drop_rate: float | None = None, **variant_args: Any) -> nn.Module:
-    """Build registered model ``name`` with fresh weights (see :func:`convzoo.create_model` for the
-    arguments); its ``default_cfg`` (also ``pretrained_cfg``) is the registered configuration with the
-    classes and input size it was built for. Raises :class:`ConfigError` for invalid arguments."""
-    cfg = get_model_cfg(name)
-    if pooling not in (None, "avg", "max"):
-        raise ConfigError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
-    num_classes = cfg.num_classes if num_classes is None else num_classes
+def _head(include_top: bool, pooling: str | None, global_pool: str | None, num_classes: int,
+          classifier_activation: str | None) -> tuple[int, str, str | None]:
+    """(classes, global pooling, activation) from Keras' and timm's head arguments (see :func:`build_model`)."""
+    for value, allowed, what in ((pooling, (None, "avg", "max"), "pooling"), (global_pool, (None, *POOLS), "global_pool"),
+                                 (classifier_activation, ACTIVATIONS, "classifier_activation")):
+        if value not in allowed:
+            raise ConfigError(f"{what} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     if num_classes < 0:
         raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
-    global_pool = pooling or "avg"
-    if not include_top:
-        num_classes, global_pool = 0, pooling or ""
+    if not include_top:  # Keras: no classifier, pooling None (feature maps), 'avg' or 'max'
+        return 0, pooling or "", None
+    pool = "avg" if global_pool is None else global_pool  # Keras ignores pooling when the top is included
+    if pool == "" and num_classes:
+        raise ConfigError("global_pool='' (no pooling) needs num_classes=0: the classifier takes pooled features")
+    return num_classes, pool, None if classifier_activation == "linear" else classifier_activation
+
+
+def build_model(name: str, num_classes: int | None = None, in_chans: int = 3, include_top: bool = True,
+                pooling: str | None = None, input_size: tuple[int, int] | None = None,
+                drop_rate: float | None = None, global_pool: str | None = None,
+                classifier_activation: str | None = None, **variant_args: Any) -> nn.Module:
+    """Build registered model ``name`` with fresh weights (see :func:`convzoo.create_model` for the
+    arguments); its ``default_cfg`` (also ``pretrained_cfg``) is the registered configuration with the
+    classes and input size it was built for. Raises :class:`ConfigError` for invalid arguments.
+
+    The head follows Keras and timm: ``include_top=False`` drops the classifier and pools by ``pooling``
+    (None: feature maps); with the top, ``pooling`` is ignored as Keras ignores it, and timm's
+    ``global_pool`` ('avg', the default, 'max', or '' with ``num_classes=0``) chooses the pooling.
+    ``classifier_activation`` (Keras): None or 'linear' give logits, 'softmax' probabilities."""
+    cfg = get_model_cfg(name)
+    num_classes, global_pool, activation = _head(include_top, pooling, global_pool,
+                                                 cfg.num_classes if num_classes is None else num_classes,
+                                                 classifier_activation)
     if input_size is not None:
         h, w = (int(v) for v in input_size)
         if h < cfg.min_input_size[1] or w < cfg.min_input_size[2]:
@@ -121,6 +153,7 @@ def build_model(name: str, num_classes: int | None = None, in_chans: int = 3, in
     model = cfg.builder(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
                         drop_rate=cfg.drop_rate if drop_rate is None else drop_rate, **kwargs)
     model.default_cfg = model.pretrained_cfg = cfg
+    model.classifier_activation = activation
     return model
 
 
@@ -131,5 +164,7 @@ def model_kwargs_from_json(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     wrong type is a :class:`ConfigError` naming it."""
     cfg = get_model_cfg(name)
     own = get_type_hints(build_model)
+    if "pooling" in kwargs and kwargs.get("include_top", True):  # checkpoints before global_pool was recorded
+        kwargs = {**{k: v for k, v in kwargs.items() if k != "pooling"}, "global_pool": kwargs["pooling"]}
     build = {k: coerce(v, own[k], k) for k, v in kwargs.items() if k in _BUILD_ARGS}
     return {**build, **_check_builder_args(cfg, {k: v for k, v in kwargs.items() if k not in _BUILD_ARGS})}

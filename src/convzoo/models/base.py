@@ -34,6 +34,8 @@ class ConvNet(nn.Module):
     ``default_cfg`` (also ``pretrained_cfg``) is the registered :class:`ModelCfg`, set by ``create_model``;
     its ``min_input_size`` is the smallest input the model accepts. ``aux_logits``: whether ``forward``
     returns a :class:`LogitsWithAux`, fixed when the model is built (by the builder argument of that name).
+    ``classifier_activation`` (Keras' argument, set by ``create_model``): None, the logits, or ``'softmax'``,
+    the classifier's probabilities (the main classifier's; an auxiliary one gives logits).
     """
 
     stage_names: list[str]
@@ -41,6 +43,13 @@ class ConvNet(nn.Module):
     num_features: int
     default_cfg: ModelCfg | None = None
     aux_logits: bool = False
+    classifier_activation: str | None = None
+
+    @property
+    def head_hidden_size(self) -> int:
+        """timm's width of the features the classifier takes (``forward_head(x, pre_logits=True)``): these
+        heads have no hidden layer, so the pooled features' ``num_features``."""
+        return self.num_features
 
     def _init_head(self, num_features: int, num_classes: int, global_pool: str, drop_rate: float, in_chans: int) -> None:
         self.num_features = num_features
@@ -78,14 +87,15 @@ class ConvNet(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global pooling, dropout and classifier (``pre_logits=True`` stops after pooling)."""
+        """Global pooling, dropout, classifier and its activation (``pre_logits=True`` stops after pooling)."""
         if self.global_pool == "avg":
             x = x.mean((2, 3))
         elif self.global_pool == "max":
             x = x.amax((2, 3))
         if pre_logits:
             return x
-        return self.fc(self.head_drop(x))
+        x = self.fc(self.head_drop(x))
+        return x.softmax(1) if self.classifier_activation == "softmax" and self.num_classes else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -115,8 +125,41 @@ class ConvNet(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not list its conv/BatchNorm pairs")
 
 
+class FeatureInfo(list):
+    """timm's ``FeatureInfo``: one dict per returned feature map (``module``, ``num_chs``, ``reduction``),
+    with ``channels()``, ``reduction()`` and ``module_name()`` giving one value per map (``idx``: only that
+    map, or those maps)."""
+
+    def get(self, key: str, idx: int | list[int] | None = None) -> Any:
+        """``key`` of every map, of map ``idx``, or of the maps in ``idx``."""
+        if idx is None:
+            return [info[key] for info in self]
+        if isinstance(idx, (list, tuple)):
+            return [self[i][key] for i in idx]
+        return self[idx][key]
+
+    def get_dicts(self, keys: list[str] | None = None, idx: int | list[int] | None = None) -> Any:
+        """The dicts (only ``keys`` of them) of every map, of map ``idx``, or of the maps in ``idx``."""
+        picked = self if idx is None else [self[i] for i in idx] if isinstance(idx, (list, tuple)) else [self[idx]]
+        dicts = [dict(d) if keys is None else {k: d[k] for k in keys} for d in picked]
+        return dicts[0] if isinstance(idx, int) else dicts
+
+    def channels(self, idx: int | list[int] | None = None) -> Any:
+        """Channels of the feature maps."""
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | list[int] | None = None) -> Any:
+        """Strides of the feature maps, relative to the input."""
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | list[int] | None = None) -> Any:
+        """The modules whose outputs the feature maps are."""
+        return self.get("module", idx)
+
+
 class FeatureExtractor(nn.Module):
-    """timm's ``features_only``: returns the feature map after each stage listed in ``feature_info``."""
+    """timm's ``features_only``: returns the feature map after each stage listed in ``feature_info``
+    (``out_indices``: which, negative counting from the end; one out of range is a :class:`ConfigError`)."""
 
     def __init__(self, model: ConvNet, out_indices: tuple[int, ...] | None = None) -> None:
         super().__init__()
@@ -124,24 +167,24 @@ class FeatureExtractor(nn.Module):
         if out_indices is None:
             out_indices = tuple(range(n))
         if not out_indices or any(not -n <= i < n for i in out_indices):
-            raise ConfigError(f"out_indices must lie in [-{n}, {n}), got {out_indices}")
+            raise ConfigError(f"out_indices must lie in [-{n}, {n - 1}] ({n} feature maps), got {tuple(out_indices)}")
         out_indices = tuple(i % n for i in out_indices)
         last = max(model.stage_names.index(model.feature_info[i]["module"]) for i in out_indices)
         self.stage_names = model.stage_names[: last + 1]
         for name in self.stage_names:
             self.add_module(name, getattr(model, name))
         self.out_modules = [model.feature_info[i]["module"] for i in out_indices]
-        self.feature_info = [model.feature_info[i] for i in out_indices]
+        self.feature_info = FeatureInfo(dict(model.feature_info[i]) for i in out_indices)
         self.default_cfg = getattr(model, "default_cfg", None)
         self._check = model.check_input
 
     def channels(self) -> list[int]:
         """Channels of each returned feature map."""
-        return [f["num_chs"] for f in self.feature_info]
+        return self.feature_info.channels()
 
     def reduction(self) -> list[int]:
         """Stride (relative to the input) of each returned feature map."""
-        return [f["reduction"] for f in self.feature_info]
+        return self.feature_info.reduction()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self._check(x)

@@ -55,7 +55,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def model_args_of(model: nn.Module) -> dict[str, Any]:
     """The ``create_model`` keyword arguments (beyond the name) that rebuild ``model``'s architecture,
-    read from the model itself: head, classes, input channels and size, dropout, auxiliary classifier."""
+    read from the model itself: head (classes, pooling, activation), input channels and size, dropout,
+    auxiliary classifier."""
     cfg = model.default_cfg
     registered = get_model_cfg(cfg.name)
     args: dict[str, Any] = {}
@@ -65,7 +66,9 @@ def model_args_of(model: nn.Module) -> dict[str, Any]:
         if model.num_classes != registered.num_classes:
             args["num_classes"] = model.num_classes
         if model.global_pool != "avg":
-            args["pooling"] = model.global_pool
+            args["global_pool"] = model.global_pool
+        if getattr(model, "classifier_activation", None) is not None:
+            args["classifier_activation"] = model.classifier_activation
     if model.in_chans != 3:
         args["in_chans"] = model.in_chans
     if tuple(cfg.input_size[1:]) != tuple(registered.input_size[1:]):
