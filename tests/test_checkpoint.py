@@ -27,7 +27,7 @@ def _same_state(a, b) -> bool:
 
 
 def test_round_trip_rebuilds_model_and_config(tmp_path):
-    model = randomize_(convzoo.create_model("resnext29_32x4d", num_classes=5, in_chans=1, pooling="max",
+    model = randomize_(convzoo.create_model("resnext29_32x4d", num_classes=5, in_chans=1, global_pool="max",
                                              input_size=(40, 40), drop_rate=0.2))
     model.default_cfg = replace(model.default_cfg, preprocessing="tf")
     names = ["a", "b", "c", "d", "e"]
@@ -36,7 +36,7 @@ def test_round_trip_rebuilds_model_and_config(tmp_path):
     assert path == tmp_path / "best.safetensors" and [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]
     info = read_checkpoint(path)
     assert info.model == "resnext29_32x4d"
-    assert info.model_args == {"num_classes": 5, "pooling": "max", "in_chans": 1, "input_size": [40, 40],
+    assert info.model_args == {"num_classes": 5, "global_pool": "max", "in_chans": 1, "input_size": [40, 40],
                                "drop_rate": 0.2}
     loaded = load_checkpoint(path).eval()
     assert _same_state(model, loaded)

@@ -100,7 +100,7 @@ def test_file_head_of_state_dicts_and_create_model_builds_it(tmp_path):
 
 
 def test_file_head_of_a_convzoo_checkpoint(tmp_path):
-    model = convzoo.create_model(NAME, num_classes=4, pooling="max", drop_rate=0.3)
+    model = convzoo.create_model(NAME, num_classes=4, global_pool="max", drop_rate=0.3)
     path = convzoo.save_checkpoint(model, tmp_path / "ck.safetensors")
     assert file_head(path, NAME) == FileHead(4, "max", 0.3, None, "fc")
     rebuilt = convzoo.create_model(NAME, weights=path)

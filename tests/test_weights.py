@@ -529,6 +529,6 @@ def test_cli_info_and_convert(resnext, tmp_path, capsys):
     assert loaded.checkpoint_info.extra["source_format"] == "keras-h5"
     assert main(["weights", "info", str(out_file), "--json"]) == 0
     assert '"format": "convzoo-checkpoint"' in capsys.readouterr().out
-    assert main(["weights", "convert", str(path), str(tmp_path / "x"), "--model", "xception"]) == 2
+    assert main(["weights", "convert", str(path), str(tmp_path / "x.safetensors"), "--model", "xception"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("convzoo: error:") and err.count("\n") == 1

@@ -82,14 +82,18 @@ def _pt2(model: nn.Module, x: torch.Tensor, min_size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def _serialise(model: nn.Module, fmt: str) -> bytes:
-    x = _example(model)
+def to_bytes(model: nn.Module, fmt: str, x: torch.Tensor, min_size: tuple[int, int] = (2, 2)) -> bytes:
+    """The bytes of ``model`` (in eval mode) as a ``fmt`` file, traced on the example batch ``x`` (N, C, H, W);
+    TorchScript and .pt2 take any H, W from ``min_size`` up, ONNX ``x``'s only (see the module docstring).
+    A model that returns ``(logits, aux_logits)`` gives its main logits."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     traced = MainLogits(model).eval() if getattr(model, "aux_logits", False) else model
     if fmt == "onnx":
         return _onnx(traced, x)
     if fmt == "torchscript":
         return _torchscript(traced, x)
-    return _pt2(traced, x, tuple(model.default_cfg.min_input_size[1:]))
+    return _pt2(traced, x, min_size)
 
 
 def export_model(model: nn.Module, path: str | Path, fmt: str) -> Path:
@@ -98,13 +102,11 @@ def export_model(model: nn.Module, path: str | Path, fmt: str) -> Path:
     any H, W from the model's ``min_input_size`` up, ONNX its ``input_size`` only (see the module docstring).
     The file is written atomically. Raises :class:`ConfigError` (unknown format),
     :class:`~convzoo.errors.OutputError` (``path`` cannot be written) and :class:`ExportError`."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     model = model.eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            data = _serialise(model, fmt)
+            data = to_bytes(model, fmt, _example(model), tuple(model.default_cfg.min_input_size[1:]))
     except ImportError as exc:
         raise ExportError(f"{fmt} export needs an optional package ({exc.name}): pip install 'convzoo[onnx]'") from None
     except (RuntimeError, torch._dynamo.exc.TorchDynamoException) as exc:

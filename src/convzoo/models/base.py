@@ -167,7 +167,7 @@ class FeatureExtractor(nn.Module):
         if out_indices is None:
             out_indices = tuple(range(n))
         if not out_indices or any(not -n <= i < n for i in out_indices):
-            raise ConfigError(f"out_indices must lie in [-{n}, {n - 1}] ({n} feature maps), got {tuple(out_indices)}")
+            raise ConfigError(f"out_indices must lie in [-{n}, {n}) ({n} feature maps), got {tuple(out_indices)}")
         out_indices = tuple(i % n for i in out_indices)
         last = max(model.stage_names.index(model.feature_info[i]["module"]) for i in out_indices)
         self.stage_names = model.stage_names[: last + 1]

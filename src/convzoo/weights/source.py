@@ -70,7 +70,8 @@ def _checkpoint_head(file: WeightsFile, classifier: str) -> FileHead:
     """A convzoo checkpoint's head: its classifier, and the pooling and dropout it was built with."""
     head = torch_head(file.state, classifier)
     args = read_checkpoint(file.path).model_args
-    pooling = "" if args.get("include_top") is False else args.get("pooling", "avg")
+    # global_pool; 'pooling' in checkpoints written before it was recorded
+    pooling = "" if args.get("include_top") is False else args.get("global_pool", args.get("pooling", "avg"))
     dropout = args.get("drop_rate")
     return FileHead(head.classes, pooling or None, None if dropout is None else float(dropout), None, head.layer)
 
