@@ -60,7 +60,8 @@ def test_same_padding_layer_is_right_at_every_size(kind, fmt):
             assert torch.allclose(run(x), module(x), atol=1e-5), (kind, fmt, size)
 
 
-@pytest.mark.parametrize("name", ["xception_cifar_slim", "inception_v3_cifar", "resnext29_2x64d"])
+@pytest.mark.parametrize("name", [pytest.param("xception_cifar_slim", marks=pytest.mark.slow),
+                                  pytest.param("inception_v3_cifar", marks=pytest.mark.slow), "resnext29_2x64d"])
 def test_library_export_of_cifar_models_runs_at_other_sizes(tmp_path, name):
     """Every CIFAR family (Xception's 'same' stem, Inception's branches, ResNeXt's grouped convs), rectangular
     and odd sizes included; ONNX names its one size when refusing another."""

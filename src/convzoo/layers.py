@@ -34,12 +34,18 @@ def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> 
     return before, torch.sym_max(after, 0)
 
 
+def _same_total(size: int, kernel: int, stride: int, dilation: int) -> int:
+    """TF 'same''s total padding before it is clipped at 0, in integer arithmetic (also compiled by
+    TorchScript, and kept symbolic by ``torch.export``)."""
+    return ((size + stride - 1) // stride - 1) * stride + (kernel - 1) * dilation + 1 - size
+
+
 def _window_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TF 'same' (before, after) in integer arithmetic that ``torch.export`` keeps symbolic, so that two paths
-    of a block reach the same output size in a form it can prove equal; ``after`` is negative (a crop of
-    pixels no window reads) where a 1x1 window's stride skips the last ones."""
+    """TF 'same' (before, after) in a form ``torch.export`` keeps symbolic and can prove two paths of a block
+    equal in size with; ``after`` is negative (a crop of pixels no window reads) where a 1x1 window's stride
+    skips the last ones."""
     reach = (kernel - 1) * dilation + 1
-    total = ((size + stride - 1) // stride - 1) * stride + reach - size
+    total = _same_total(size, kernel, stride, dilation)
     if reach == 1:
         return 0, total
     if reach < stride:  # only then can the total go negative
@@ -57,9 +63,8 @@ def _is_static_same(kernel: tuple[int, int], stride: tuple[int, int], dilation: 
 
 def _script_pad_same(x: torch.Tensor, kernel: List[int], stride: List[int], dilation: List[int],
                      value: float) -> torch.Tensor:
-    h, w = x.size(2), x.size(3)
-    th = max(((h + stride[0] - 1) // stride[0] - 1) * stride[0] + (kernel[0] - 1) * dilation[0] + 1 - h, 0)
-    tw = max(((w + stride[1] - 1) // stride[1] - 1) * stride[1] + (kernel[1] - 1) * dilation[1] + 1 - w, 0)
+    th = max(_same_total(x.size(2), kernel[0], stride[0], dilation[0]), 0)
+    tw = max(_same_total(x.size(3), kernel[1], stride[1], dilation[1]), 0)
     return F.pad(x, [tw // 2, tw - tw // 2, th // 2, th - th // 2], value=value)
 
 
@@ -82,6 +87,12 @@ def check_min_size_traced(x: torch.Tensor, height: int, width: int, what: str) -
     """``x``, after a check of its size that a TorchScript trace keeps (a ``ValueError`` when ``x`` is
     smaller than ``height`` x ``width``); call it only while ``torch.jit.is_tracing()``."""
     return _scripted(_script_check_size)(x, height, width, what)
+
+
+def _traced_sizes(x: torch.Tensor) -> bool:
+    """Whether ``x``'s sizes may differ when the program being traced runs (TorchScript trace, or symbolic
+    sizes in ``torch.export``): then no size-specific shortcut may be taken."""
+    return torch.jit.is_tracing() or not all(isinstance(n, int) for n in x.shape[-2:])
 
 
 def _pad_same(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
@@ -119,12 +130,6 @@ class Conv2d(nn.Conv2d):
         if self.dynamic_same:
             x = _pad_same(x, self.kernel_size, self.stride, self.dilation)
         return super().forward(x)
-
-
-def _traced_sizes(x: torch.Tensor) -> bool:
-    """Whether ``x``'s sizes may differ when the program being traced runs (TorchScript trace, or symbolic
-    sizes in ``torch.export``): then no size-specific shortcut may be taken."""
-    return torch.jit.is_tracing() or not all(isinstance(n, int) for n in x.shape[-2:])
 
 
 class MaxPool2d(nn.Module):

@@ -22,17 +22,17 @@ from .common import check_output_file, model_name
 def _target(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """(model name, weights) from the positional MODEL|CHECKPOINT, ``--model`` and ``--weights``."""
     model, weights = args.model, args.weights
-    if args.target is not None:
-        if args.target in list_models():
-            given = model
-            model = args.target
-        else:
-            path = Path(args.target)
-            if not (path.exists() or path.suffix or len(path.parts) > 1):
-                get_model_cfg(args.target)  # an unknown model: the error names the closest ones
-            given, weights = weights, args.target
-        if given is not None:
-            raise ConfigError(f"{args.target} given twice over (as the positional and with --model/--weights)")
+    if args.target in list_models():
+        if model is not None:
+            raise ConfigError(f"the model is named twice: {args.target} and --model {model}")
+        model = args.target
+    elif args.target is not None:
+        path = Path(args.target)
+        if not (path.exists() or path.suffix or len(path.parts) > 1):
+            get_model_cfg(args.target)  # neither a model nor a path: the error names the closest models
+        if weights is not None:
+            raise ConfigError(f"two weights given: {args.target} and --weights {weights}")
+        weights = args.target
     if model is None and weights is None:
         raise ConfigError("expected a model name or a convzoo checkpoint (positional, or --model/--weights)")
     return model, weights
