@@ -22,6 +22,7 @@ from convzoo.cli.common import check_output_file, float_in, int_in
 from convzoo.data.images import open_image
 from convzoo.errors import ConfigError, ImageError
 from convzoo.graph import dataflow
+from convzoo.preprocess import preprocess_input
 from convzoo.registry import RECORDS, model_kwargs_from_json
 from convzoo.weights import load_checkpoint, read_checkpoint
 from helpers import randomize_batchnorm_
@@ -259,3 +260,35 @@ def test_every_verb_with_a_model_argument_checks_it_when_parsing(capsys, tmp_pat
                  ["bench", "resnet5"], ["weights", "convert", "x.h5", tmp_path / "o.safetensors", "--model", "resnet5"]):
         code, out, err = cli(capsys, *argv)
         assert_one_line_error(code, err, "unknown model 'resnet5'", "resnet50")
+
+
+# Keras' imagenet_utils_test.py, its checks of preprocess_input with the names changed
+
+
+def test_preprocess_input_takes_keras_arguments_and_defaults():
+    from keras.applications import imagenet_utils
+
+    rng = np.random.default_rng(6)
+    for x in (rng.uniform(0, 255, (2, 10, 10, 3)), rng.uniform(0, 255, (10, 10, 3))):
+        xint = x.astype("int32")
+        for data in (x, xint):
+            expected = np.asarray(imagenet_utils.preprocess_input(data.copy()))  # mode 'caffe', channels_last
+            assert np.allclose(preprocess_input(data.copy()), expected, atol=1e-4)
+            assert np.allclose(preprocess_input(data.copy(), "channels_last"), expected, atol=1e-4)
+            first = np.moveaxis(data, -1, -3).copy()
+            assert np.allclose(np.moveaxis(preprocess_input(first, "channels_first"), -3, -1), expected, atol=1e-4)
+    with pytest.raises(ValueError):
+        preprocess_input(rng.uniform(0, 255, (10, 10, 3)), mode="some_unknown_mode")
+
+
+@pytest.mark.parametrize("mode", ["torch", "tf", "caffe"])
+def test_preprocess_input_writes_over_float_numpy_like_keras(mode):
+    x = np.random.default_rng(7).uniform(0, 255, (2, 10, 10, 3))
+    xint = x.astype("int")
+    out = preprocess_input(x, "channels_last", mode=mode)
+    assert out is x  # Keras writes the result over float input
+    assert preprocess_input(xint, "channels_last", mode=mode).max() != xint.astype("float").max()
+    tensor = torch.from_numpy(np.random.default_rng(7).uniform(0, 255, (2, 3, 10, 10)))
+    kept = tensor.clone()
+    preprocess_input(tensor, mode=mode)
+    assert torch.equal(tensor, kept)  # a tensor never is

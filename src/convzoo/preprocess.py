@@ -74,24 +74,42 @@ def _normalise(x: torch.Tensor, mode: str) -> torch.Tensor:
     return x if mode == "caffe" else x / torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
 
 
-def preprocess_input(x: torch.Tensor | np.ndarray, mode: str) -> torch.Tensor | np.ndarray:
-    """Normalise RGB pixels in 0..255 as Keras' ``preprocess_input`` does for ``mode``
-    (``keras.applications.imagenet_utils``).
+DATA_FORMATS = (None, "channels_first", "channels_last")
 
-    ``'tf'``: scale to [-1, 1]. ``'caffe'``: RGB to BGR, subtract the ImageNet mean, no scaling.
-    ``'torch'``: scale to [0, 1], subtract the ImageNet mean and divide by its std.
-    ``'cifar'``: the seed's per-channel CIFAR-10 mean and std, in pixel units.
 
-    A tensor is channels-first, one image (3, H, W) or a batch (N, 3, H, W), and keeps its shape; a numpy
-    array is channels-last ((H, W, 3) or (N, H, W, 3)), Keras' default data format, and comes back as a new
-    numpy array. Integer input (uint8 photos) is cast to float32 first, as Keras casts it; float input keeps
-    its dtype. The input is never modified.
+def preprocess_input(x: torch.Tensor | np.ndarray, data_format: str | None = None,
+                     mode: str | None = None) -> torch.Tensor | np.ndarray:
+    """Normalise RGB pixels in 0..255 as Keras' ``preprocess_input(x, data_format=None, mode='caffe')`` does
+    (``keras.applications.imagenet_utils``), with Keras' arguments and defaults.
+
+    ``mode``: ``'tf'`` (scale to [-1, 1]), ``'caffe'`` (Keras' default: RGB to BGR, subtract the ImageNet
+    mean, no scaling), ``'torch'`` (scale to [0, 1], subtract the ImageNet mean and divide by its std), or the
+    seed's ``'cifar'`` (the per-channel CIFAR-10 mean and std, in pixel units); convzoo's own
+    ``preprocess_input(x, mode)`` is read as such. ``data_format``: where the channels are, for one image
+    ((3, H, W) / (H, W, 3)) or a batch; None: channels-first for a tensor (torch's layout), channels-last for a
+    numpy array (Keras' default). The result has the input's shape. Integer input (uint8 photos) is cast to
+    float32 first, as Keras casts it; float input keeps its dtype. A tensor is never modified; a float numpy
+    array is written over, as Keras does (pass a copy to keep it), and returned.
     """
+    if mode is None and data_format in MODES:
+        data_format, mode = None, data_format
+    mode = "caffe" if mode is None else mode
     if mode not in MODES:
         raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if data_format not in DATA_FORMATS:
+        raise ConfigError(f"data_format must be 'channels_first' or 'channels_last', got {data_format!r}")
     if isinstance(x, np.ndarray):
-        channels_first = torch.from_numpy(np.array(x, dtype=x.dtype.newbyteorder("="))).movedim(-1, -3)
-        return preprocess_input(channels_first, mode).movedim(-3, -1).numpy()
-    if x.dim() not in (3, 4) or x.shape[-3] != 3:
-        raise ConfigError(f"expected RGB pixels of shape (3, H, W) or (N, 3, H, W), got {tuple(x.shape)}")
-    return _normalise(x if x.is_floating_point() else x.to(torch.float32), mode)
+        out = preprocess_input(torch.from_numpy(np.array(x, dtype=x.dtype.newbyteorder("="))),
+                               data_format or "channels_last", mode).numpy()
+        if np.issubdtype(x.dtype, np.floating) and x.flags.writeable:
+            x[...] = out
+            return x
+        return out
+    channels_last = data_format == "channels_last"
+    if x.dim() not in (3, 4) or x.shape[-1 if channels_last else -3] != 3:
+        layout = "(H, W, 3) or (N, H, W, 3)" if channels_last else "(3, H, W) or (N, 3, H, W)"
+        raise ConfigError(f"expected RGB pixels of shape {layout}, got {tuple(x.shape)}")
+    x = x if x.is_floating_point() else x.to(torch.float32)
+    if channels_last:
+        return _normalise(x.movedim(-1, -3), mode).movedim(-3, -1)
+    return _normalise(x, mode)
