@@ -238,3 +238,37 @@ def test_weights_info_text_of_a_nested_file(double, capsys):
     assert info["model"] == "resnet50" and info["head"]["pooling"] == "max"
     # a Keras 3 weights-only file keeps the layers' classes but not their order
     assert sorted(info["preprocessing_layers"]) == ["Normalization", "RandomFlip", "RandomRotation", "Rescaling"]
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory):
+    """The application's layers in the file's own model: ``Model(inputs, Dense(GlobalMaxPooling2D()(
+    base.output)))`` with the base built on ``Rescaling(1/127.5, offset=-1)(inputs)``."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    base = _resnet50(include_top=False, input_tensor=layers.Rescaling(1 / 127.5, offset=-1)(inputs))
+    x = layers.Dense(5, name="my_head")(layers.Dropout(0.1)(layers.GlobalMaxPooling2D()(base.output)))
+    model, x, logits = _randomized(keras.Model(inputs, x), 6)
+    folder = tmp_path_factory.mktemp("flat")
+    return {fmt: keras_save(model, folder, fmt, f"flat-{fmt}") for fmt in ("h5", "keras", "weights_h5")}, x, logits
+
+
+@pytest.mark.parametrize("fmt", ["h5", "keras"])
+def test_head_added_to_the_applications_own_model(flat, fmt):
+    files, x, logits = flat
+    model = convzoo.create_model("resnet50", weights=files[fmt]).eval()
+    assert (model.num_classes, model.global_pool, model.drop_rate) == (5, "max", 0.1)
+    assert model.weights_meta.preprocessing == "tf"  # Rescaling(1/127.5, offset=-1) is Keras' 'tf' mode
+    assert max_diff(_logits(model, x), logits) < TOL
+    report = convzoo.load_weights(convzoo.create_model("resnet50", num_classes=5, global_pool="max"), files[fmt])
+    assert report.complete and report.nesting == [] and report.head["layer"] == "my_head"
+
+
+def test_head_added_to_the_applications_own_model_weights_only(flat):
+    files, x, logits = flat
+    assert file_head(files["weights_h5"], "resnet50") == FileHead(5, "max", None, None, "my_head")
+    model = convzoo.create_model("resnet50", weights=files["weights_h5"]).eval()
+    with torch.no_grad():
+        assert max_diff(model(nchw(x) / 127.5 - 1).numpy(), logits) < TOL
