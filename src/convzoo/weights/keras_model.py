@@ -124,12 +124,13 @@ _HEAD_KINDS = (*POOLING, "Dropout", "Flatten", "Dense")
 def _flat(file: KerasFile, placed: set[str], notes: list[str]) -> tuple[list[KerasLayer], list[KerasLayer]]:
     """Before and after the application when the file's model is the application with layers added to it
     (``Model(base.input, Dense(n)(GlobalAveragePooling2D()(base.output)))``): up to the last input or
-    preprocessing layer before the first layer the family places, and from the first head layer after the
-    last one. The layers between are the application's own (those the configuration names are noted)."""
+    preprocessing layer before the first layer the family places, and from the first head layer (pooling,
+    dropout, Flatten, Dense) after the last one. The layers between are the application's (those the
+    configuration names are noted; those with weights the family does not place fail the load by name)."""
     chain = _chain(file.root, file.root)
     if not file.ordered:
         before = [x for x in chain if layer_class(x) in (*AFFINE, *INFERENCE_IDENTITY) and layer_class(x) != "Dropout"]
-        after = [x for x in chain if x.name not in placed and (x.weights or layer_class(x) in _HEAD_KINDS)]
+        after = [x for x in chain if x.name not in placed and (_is_dense(x) or layer_class(x) in _HEAD_KINDS)]
         return before, sorted(after, key=lambda x: _ORDER.get(layer_class(x) or "", 2))
     where = [i for i, x in enumerate(chain) if x.name in placed]
     if not where:
@@ -142,7 +143,7 @@ def _flat(file: KerasFile, placed: set[str], notes: list[str]) -> tuple[list[Ker
     if own:
         notes.append(f"{', '.join(own)} before the first layer with weights: taken as the application's own")
     after = chain[where[-1] + 1:]
-    start = next((i for i, x in enumerate(after) if x.weights or layer_class(x) in _HEAD_KINDS), len(after))
+    start = next((i for i, x in enumerate(after) if _is_dense(x) or layer_class(x) in _HEAD_KINDS), len(after))
     return lead[:end], after[start:]
 
 
