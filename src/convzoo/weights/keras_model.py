@@ -207,7 +207,7 @@ def _head(file: KerasFile, app: KerasLayer, after: list[KerasLayer], own: KerasL
           ) -> tuple[FileHead, KerasLayer | None, list[str]]:
     """The head after the application: (head, outer classifier Dense, notes)."""
     pool, dropout, activation, flatten = None, None, None, None
-    dense: list[KerasLayer] = [own] if own is not None else []
+    dense: list[KerasLayer] = []
     notes: list[str] = []
     for layer in after:
         kind = layer_class(layer)
@@ -222,13 +222,14 @@ def _head(file: KerasFile, app: KerasLayer, after: list[KerasLayer], own: KerasL
                 dropout = float(layer.config["rate"])
         elif _is_dense(layer):
             dense.append(layer)
-        elif kind in ACTIVATIONS and dense:
+        elif kind in ACTIVATIONS and (dense or own):
             activation = _activation(layer)
         elif kind is None and not layer.weights:
             notes.append(_unknown(layer, "after"))
         else:
             raise WeightsError(f"the file's head has {_shown(layer)} after the application; convzoo's head is "
                                "global pooling, dropout and one Dense")
+    dense = [own, *dense] if own is not None else dense
     _refuse_head(dense, flatten)
     classifier = dense[0] if dense else None
     pool = pool or _inner_pooling(app)
