@@ -47,7 +47,7 @@ def _double_nested():
     backbone = keras.Sequential([_resnet50(include_top=False), layers.GlobalMaxPooling2D()], name="backbone")
     inputs = keras.Input((SIZE, SIZE, 3))
     x = layers.Normalization(mean=NORM_MEAN, variance=NORM_VAR)(layers.Rescaling(1 / 255.0)(augmentation(inputs)))
-    x = layers.Dense(7)(layers.Dropout(0.25)(backbone(x, training=False)))
+    x = layers.Dense(7, name="classes")(layers.Dropout(0.25)(backbone(x, training=False)))
     return keras.Model(inputs, layers.Activation("softmax")(x), name="outer")
 
 
@@ -85,7 +85,7 @@ def test_nested_twice_with_augmentation_normalization_and_softmax(double, fmt):
     assert model.weights_meta.preprocessing == "custom"  # (x/255 - mean) / sqrt(var): no Keras mode
     report = convzoo.load_weights(convzoo.create_model("resnet50", num_classes=7, global_pool="max"), files[fmt])
     assert report.nesting == ["outer", "backbone", "resnet50"]
-    assert report.head == dict(classes=7, pooling="max", dropout=0.25, activation="softmax", layer="dense")
+    assert report.head == dict(classes=7, pooling="max", dropout=0.25, activation="softmax", layer="classes")
     notes = " ".join(report.notes)
     assert "RandomFlip" in notes and "RandomRotation" in notes and "folded" in notes
 
@@ -95,7 +95,7 @@ def test_nested_twice_weights_only_files_say_what_they_cannot_show(double):
     Normalization settings; the legacy weights-only layout flattens the nested models and keeps neither."""
     files, x, logits = double
     for fmt, pooling in (("weights_h5", "max"), ("legacy_weights_h5", None)):
-        assert file_head(files[fmt], "resnet50") == FileHead(7, pooling, None, None, "dense")
+        assert file_head(files[fmt], "resnet50") == FileHead(7, pooling, None, None, "classes")
         model = convzoo.create_model("resnet50", num_classes=7, global_pool="max").eval()
         report = convzoo.load_weights(model, files[fmt])
         assert report.complete and report.nesting[-1] in ("resnet50", "backbone")
@@ -137,9 +137,9 @@ def test_layer_with_an_effect_before_the_application_is_refused(tmp_path):
     from keras import layers
 
     inputs = keras.Input((80, 80, 3))
-    x = layers.Resizing(SIZE, SIZE)(inputs)
+    x = layers.Resizing(SIZE, SIZE, name="resize")(inputs)
     x = layers.Dense(3)(layers.GlobalAveragePooling2D()(_resnet50(include_top=False)(x)))
-    _refused(tmp_path, keras.Model(inputs, x), "Resizing 'resizing'", "before the application")
+    _refused(tmp_path, keras.Model(inputs, x), "Resizing 'resize'", "before the application")
 
 
 def test_dense_on_the_unpooled_feature_map_is_refused(tmp_path):
@@ -231,10 +231,44 @@ def test_weights_info_text_of_a_nested_file(double, capsys):
     code, out, err = cli(capsys, "weights", "info", files["keras"])
     assert code == 0, err
     assert "outer > backbone > resnet50" in out
-    assert "7 classes ('dense'), max pooling, dropout 0.25, softmax" in out
+    assert "7 classes ('classes'), max pooling, dropout 0.25, softmax" in out
     assert "Rescaling, Normalization" in out
     code, out, err = cli(capsys, "weights", "info", files["weights_h5"], "--json")
     info = json.loads(out)
     assert info["model"] == "resnet50" and info["head"]["pooling"] == "max"
     # a Keras 3 weights-only file keeps the layers' classes but not their order
     assert sorted(info["preprocessing_layers"]) == ["Normalization", "RandomFlip", "RandomRotation", "Rescaling"]
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory):
+    """The application's layers in the file's own model: ``Model(inputs, Dense(GlobalMaxPooling2D()(
+    base.output)))`` with the base built on ``Rescaling(1/127.5, offset=-1)(inputs)``."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    base = _resnet50(include_top=False, input_tensor=layers.Rescaling(1 / 127.5, offset=-1)(inputs))
+    x = layers.Dense(5, name="my_head")(layers.Dropout(0.1)(layers.GlobalMaxPooling2D()(base.output)))
+    model, x, logits = _randomized(keras.Model(inputs, x), 6)
+    folder = tmp_path_factory.mktemp("flat")
+    return {fmt: keras_save(model, folder, fmt, f"flat-{fmt}") for fmt in ("h5", "keras", "weights_h5")}, x, logits
+
+
+@pytest.mark.parametrize("fmt", ["h5", "keras"])
+def test_head_added_to_the_applications_own_model(flat, fmt):
+    files, x, logits = flat
+    model = convzoo.create_model("resnet50", weights=files[fmt]).eval()
+    assert (model.num_classes, model.global_pool, model.drop_rate) == (5, "max", 0.1)
+    assert model.weights_meta.preprocessing == "tf"  # Rescaling(1/127.5, offset=-1) is Keras' 'tf' mode
+    assert max_diff(_logits(model, x), logits) < TOL
+    report = convzoo.load_weights(convzoo.create_model("resnet50", num_classes=5, global_pool="max"), files[fmt])
+    assert report.complete and report.nesting == [] and report.head["layer"] == "my_head"
+
+
+def test_head_added_to_the_applications_own_model_weights_only(flat):
+    files, x, logits = flat
+    assert file_head(files["weights_h5"], "resnet50") == FileHead(5, "max", None, None, "my_head")
+    model = convzoo.create_model("resnet50", weights=files["weights_h5"]).eval()
+    with torch.no_grad():
+        assert max_diff(model(nchw(x) / 127.5 - 1).numpy(), logits) < TOL

@@ -15,24 +15,15 @@ from ..registry import build_model, get_model_cfg, list_models
 from . import formats
 from .checkpoint import read_checkpoint
 from .keras_h5 import KerasFile
-from .keras_map import guess_keras_model
+from .keras_map import guess_keras_file
 from .source import file_head, keras_structure, read_weights, torch_head
 from .torch_state import detect_layout, guess_torch_model
-
-
-def _guess_keras(file: KerasFile) -> str | None:
-    """The model of the deepest nested model (or the file's model) a family recognises."""
-    for _, model in sorted(file.root.models(), key=lambda found: -len(found[0])):
-        guess = guess_keras_model(model.weighted())
-        if guess is not None:
-            return guess
-    return None
 
 
 def _describe_keras(file: KerasFile) -> dict[str, Any]:
     arrays = [a for layer in file.root.weighted() for _, a in layer.weights]
     info: dict[str, Any] = dict(layout=f"keras ({file.layout})", layers=len(file.root.weighted()),
-                                tensors=len(arrays), values=int(sum(a.size for a in arrays)), model=_guess_keras(file))
+                                tensors=len(arrays), values=int(sum(a.size for a in arrays)), model=guess_keras_file(file.root))
     if info["model"] is not None:
         try:
             with torch.device("meta"):

@@ -195,3 +195,13 @@ def guess_keras_model(layers: list[KerasLayer]) -> str | None:
     shapes = {layer.name: [a.shape for _, a in layer.weights] for layer in layers}
     guesses = (f.keras.guess(shapes) for f in families() if f.keras is not None)
     return next((g for g in guesses if g is not None), None)
+
+
+def guess_keras_file(root: KerasLayer) -> str | None:
+    """The registered model of the deepest model nested in a Keras file (or of the file's own model) that a
+    family recognises (see :func:`guess_keras_model`)."""
+    for _, model in sorted(root.models(), key=lambda found: -len(found[0])):
+        guess = guess_keras_model(model.weighted())
+        if guess is not None:
+            return guess
+    return None

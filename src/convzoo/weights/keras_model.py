@@ -55,7 +55,7 @@ def snake_case(name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-_CANONICAL = {snake_case(c): c for c in _CANONICAL_NAMES}
+_CANONICAL = {snake_case(c): c for c in _CANONICAL_NAMES} | {"input": "InputLayer"}  # Keras 2 named it input_1
 
 
 def layer_class(layer: KerasLayer) -> str | None:
@@ -64,6 +64,11 @@ def layer_class(layer: KerasLayer) -> str | None:
     if layer.class_name is not None:
         return _CANONICAL.get(snake_case(layer.class_name), layer.class_name)
     return _CANONICAL.get(_NUMBERED.fullmatch(layer.name).group(1))
+
+
+def _unknown(layer: KerasLayer, where: str) -> str:
+    return (f"layer '{layer.name}' {where} the application: a weights-only file does not say what it is; taken "
+            "to do nothing")
 
 
 def _shown(layer: KerasLayer) -> str:
@@ -113,10 +118,40 @@ def _chain(model: KerasLayer, app: KerasLayer) -> list[KerasLayer]:
     return out
 
 
-def _around(file: KerasFile, app: KerasLayer) -> tuple[list[KerasLayer], list[KerasLayer]]:
+_HEAD_KINDS = (*POOLING, "Dropout", "Flatten", "Dense")
+
+
+def _flat(file: KerasFile, placed: set[str], notes: list[str]) -> tuple[list[KerasLayer], list[KerasLayer]]:
+    """Before and after the application when the file's model is the application with layers added to it
+    (``Model(base.input, Dense(n)(GlobalAveragePooling2D()(base.output)))``): up to the last input or
+    preprocessing layer before the first layer the family places, and from the first head layer (pooling,
+    dropout, Flatten, Dense) after the last one. The layers between are the application's (those the
+    configuration names are noted; those with weights the family does not place fail the load by name)."""
+    chain = _chain(file.root, file.root)
+    if not file.ordered:
+        before = [x for x in chain if layer_class(x) in (*AFFINE, *INFERENCE_IDENTITY) and layer_class(x) != "Dropout"]
+        after = [x for x in chain if x.name not in placed and (_is_dense(x) or layer_class(x) in _HEAD_KINDS)]
+        return before, sorted(after, key=lambda x: _ORDER.get(layer_class(x) or "", 2))
+    where = [i for i, x in enumerate(chain) if x.name in placed]
+    if not where:
+        return [], []
+    lead = chain[:where[0]]
+    end = max((i + 1 for i, x in enumerate(lead) if layer_class(x) in ("InputLayer", *AFFINE, *INFERENCE_IDENTITY)),
+              default=0)
+    # A padding layer belongs to the convolution after it; anything else there is worth a word.
+    own = [_shown(x) for x in lead[end:] if x.class_name not in (None, "ZeroPadding2D")]
+    if own:
+        notes.append(f"{', '.join(own)} before the first layer with weights: taken as the application's own")
+    after = chain[where[-1] + 1:]
+    start = next((i for i, x in enumerate(after) if _is_dense(x) or layer_class(x) in _HEAD_KINDS), len(after))
+    return lead[:end], after[start:]
+
+
+def _around(file: KerasFile, app: KerasLayer, placed: set[str], notes: list[str]
+            ) -> tuple[list[KerasLayer], list[KerasLayer]]:
     """The layers before and after the application (by kind where the file keeps no order)."""
     if app is file.root:
-        return [], []
+        return _flat(file, placed, notes)
     chain = _chain(file.root, app)
     if not file.ordered:
         chain.sort(key=lambda layer: 1 if layer is app else _ORDER.get(layer_class(layer) or "", 2))
@@ -172,7 +207,7 @@ def _head(file: KerasFile, app: KerasLayer, after: list[KerasLayer], own: KerasL
           ) -> tuple[FileHead, KerasLayer | None, list[str]]:
     """The head after the application: (head, outer classifier Dense, notes)."""
     pool, dropout, activation, flatten = None, None, None, None
-    dense: list[KerasLayer] = [own] if own is not None else []
+    dense: list[KerasLayer] = []
     notes: list[str] = []
     for layer in after:
         kind = layer_class(layer)
@@ -187,14 +222,14 @@ def _head(file: KerasFile, app: KerasLayer, after: list[KerasLayer], own: KerasL
                 dropout = float(layer.config["rate"])
         elif _is_dense(layer):
             dense.append(layer)
-        elif kind in ACTIVATIONS and dense:
+        elif kind in ACTIVATIONS and (dense or own):
             activation = _activation(layer)
         elif kind is None and not layer.weights:
-            notes.append(f"layer '{layer.name}' after the application: a weights-only file does not say what it "
-                         "is; taken to do nothing")
+            notes.append(_unknown(layer, "after"))
         else:
             raise WeightsError(f"the file's head has {_shown(layer)} after the application; convzoo's head is "
                                "global pooling, dropout and one Dense")
+    dense = [own, *dense] if own is not None else dense
     _refuse_head(dense, flatten)
     classifier = dense[0] if dense else None
     pool = pool or _inner_pooling(app)
@@ -270,8 +305,7 @@ def _preprocessing(before: list[KerasLayer], ordered: bool
         elif kind in INFERENCE_IDENTITY:
             identity.append(_shown(layer))
         elif kind is None and not layer.weights:
-            notes.append(f"layer '{layer.name}' before the application: a weights-only file does not say what it "
-                         "is; taken to do nothing")
+            notes.append(_unknown(layer, "before"))
         else:
             raise WeightsError(f"{_shown(layer)} before the application changes its input; convzoo folds only "
                                "Rescaling and Normalization into the preprocessing")
@@ -307,8 +341,9 @@ def keras_model(file: KerasFile, place: Place, classifier: str) -> KerasModel:
     path, app, placed = find_application(file, place)
     own_names = {p.layer for p in placed if p.path == classifier}
     own = next((layer for layer in app.weighted() if layer.name in own_names), None)
-    before, after = _around(file, app)
-    head, outer, notes = _head(file, app, after, own)
+    notes: list[str] = []
+    before, after = _around(file, app, {n for p in placed for n in (p.layer, p.partner) if n}, notes)
+    head, outer, head_notes = _head(file, app, after, own)
     preprocessing, names, more = _preprocessing(before, file.ordered)
     nesting = list(path) if app is not file.root else []
-    return KerasModel(app, nesting, outer, head, preprocessing, names, more + notes)
+    return KerasModel(app, nesting, outer, head, preprocessing, names, notes + more + head_notes)

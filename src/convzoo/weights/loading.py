@@ -233,7 +233,7 @@ def _keras_mapped(file: KerasFile, model: nn.Module) -> Mapped:
     """The application's layers of a Keras file, and the Dense classifying its pooled features, as tensors
     under ``model``'s keys; the file's head, nesting and preprocessing alongside."""
     structure = keras_structure(file, model)
-    layers = structure.app.weighted()
+    layers = [layer for layer in structure.app.weighted() if layer is not structure.classifier]
     try:
         mapped = keras_to_convzoo(layers, model)
         if structure.classifier is not None:
@@ -307,10 +307,20 @@ def load_weights(model: nn.Module, path: str | Path | WeightsFile, strict: bool 
     torchvision/timm/convzoo state dict (``.pth``/``.pt``, read with ``weights_only=True``; ``.safetensors``),
     a convzoo checkpoint (file or folder), or ``'imagenet'`` (``'imagenet:keras'``, ``'imagenet:torchvision'``,
     ... to pick a source) for the published weights of the model's architecture, downloaded once into
-    ``$CONVZOO_HOME``. The format comes from the file's bytes. A model without a classifier, or with another
-    number of classes, gets everything but the classifier (with a warning). With ``strict`` (default),
-    anything else missing, left over or of the wrong shape raises :class:`WeightsError`, one line naming
-    the tensors.
+    ``$CONVZOO_HOME``, or a :class:`WeightsFile` already read. The format comes from the file's bytes.
+
+    A Keras model that wraps the application (nested in ``Sequential`` or functional models, any depth, or
+    with layers added to the application's own model) loads its application and the Dense on the pooled
+    features as the classifier; its Rescaling and Normalization layers are folded into the record's
+    preprocessing, layers that do nothing at inference are noted, and heads or layers convzoo does not have
+    are a :class:`WeightsError` (see :mod:`.keras_model`). A torch checkpoint as training code writes it
+    (``{'model': ...}``, ``{'state_dict_ema': ...}``, ... EMA weights preferred; ``module.`` and
+    ``_orig_mod.`` prefixes) is unwrapped (see :func:`~.torch_state.unwrap_state`). A classifier that follows
+    another pooling than the model's is a :class:`WeightsError`. A model without a classifier, or with
+    another number of classes, gets everything but the classifier (with a warning). With ``strict``
+    (default), anything else missing, left over or of the wrong shape raises :class:`WeightsError`, one
+    line (for a file that looks like another model's, the counts; the entries are in the error's
+    ``report``).
 
     The model gets the file's :class:`~convzoo.models.spec.WeightRecord` as ``model.weights_meta`` (also in
     the report): the published record the file is (by its contents, see :mod:`.records`; a file named like a

@@ -16,7 +16,7 @@ from ..registry import build_model, get_model_cfg
 from . import formats
 from .checkpoint import read_checkpoint
 from .keras_h5 import KerasFile, read_keras
-from .keras_map import keras_placements
+from .keras_map import guess_keras_file, keras_placements
 from .keras_model import KerasModel, keras_model
 from .mapping import FileHead
 from .torch_state import TorchState, read_safetensors, read_torch, rename_keys, unwrap_state
@@ -49,10 +49,14 @@ def read_weights(path: str | Path) -> WeightsFile:
 
 def keras_structure(file: KerasFile, model: nn.Module) -> KerasModel:
     """The model around the application in the Keras ``file``, as ``model``'s family places it (see
-    :mod:`.keras_model`); errors name the file."""
+    :mod:`.keras_model`); errors name the file, and for another model's file only which model it looks like."""
     try:
         return keras_model(file, partial(keras_placements, model=model), model.default_cfg.classifier)
     except WeightsError as exc:
+        name, guess = model.default_cfg.name, guess_keras_file(file.root)
+        if guess not in (None, name):  # another model's file: what is around it is beside the point
+            raise WeightsError(f"{file.path} does not fit {name} (it looks like {guess} weights); load it into "
+                               f"{guess}") from None
         raise WeightsError(f"{file.path}: {exc}") from None
 
 
