@@ -23,8 +23,9 @@ FORMATS = ("onnx", "torchscript", "pt2")
 # strided layer depends on the parity of the size).
 SIZES = {"xception": (299, 298, 320, 224, 225), "inception_v3": (299, 298, 320, 224, 225),
          "resnet50": (224, 225, 299, 298, 320), "xception_cifar_tiny": (32, 31, 33, 40, 24)}
-CASES = [(m, f) for m in ("xception", "xception_cifar_tiny") for f in FORMATS]
-CASES += [pytest.param(m, f, marks=pytest.mark.slow) for m in ("inception_v3", "resnet50") for f in FORMATS]
+CASES = [("xception", "torchscript"), ("xception", "pt2")] + [("xception_cifar_tiny", f) for f in FORMATS]
+CASES += [pytest.param(m, f, marks=pytest.mark.slow) for m, f in
+          [("xception", "onnx")] + [(m, f) for m in ("inception_v3", "resnet50") for f in FORMATS]]
 
 
 class Exported:
