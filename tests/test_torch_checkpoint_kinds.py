@@ -18,7 +18,8 @@ from convzoo.data.transforms import ImageTransform
 from convzoo.errors import WeightsError
 from convzoo.preprocess import MODES, preprocess_input
 from convzoo.weights import FileHead, file_head
-from user_files import TOL, cli, sane_init_
+from test_parity import _sane_init_
+from user_files import TOL, cli
 
 NAME = "xception_cifar_tiny"
 
@@ -26,7 +27,8 @@ NAME = "xception_cifar_tiny"
 @pytest.fixture(scope="module")
 def ref():
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    model = sane_init_(convzoo.create_model(NAME), x)
+    model = convzoo.create_model(NAME).eval()
+    _sane_init_(model, x)
     with torch.no_grad():
         return model, x, model(x)
 

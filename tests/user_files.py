@@ -1,7 +1,6 @@
 """The files and workflows users really have (issue 13), built by the references' own writers: Keras models
-that wrap an application (Keras 3 on the torch backend, saved by ``model.save`` / ``save_weights``), torch
-checkpoints as training code writes them, small photo folders, and the command-line helpers the issue-13
-test modules share.
+that wrap an application (Keras 3 on the torch backend, saved by ``model.save`` / ``save_weights``), small
+photo folders, and the command-line helpers the issue-13 test modules share.
 
 Every model here has random weights: BatchNorm statistics and the classifier are randomised and the
 classifier is scaled so that the logits spread over several units, so that a wrongly mapped tensor, a
@@ -23,7 +22,6 @@ from typing import Any, Callable, Iterator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
 
 from convzoo.cli import main  # noqa: E402
 
@@ -47,8 +45,8 @@ def keras_layers(model) -> Iterator[Any]:
 
 
 def randomize_keras_(model, rng: np.random.Generator) -> None:
-    """Random BatchNorm parameters and statistics (positive variances) and random Dense layers, nested
-    models included."""
+    """Random BatchNorm scales and offsets, moving statistics of a random batch (so that every layer passes
+    on the input's variation instead of its biases), and random Dense layers; nested models included."""
     import keras
 
     for layer in keras_layers(model):
@@ -63,6 +61,34 @@ def randomize_keras_(model, rng: np.random.Generator) -> None:
             fan_in, units = layer.weights[0].shape
             layer.set_weights([rng.normal(0.0, 1.0 / np.sqrt(fan_in), (fan_in, units)).astype("float32"),
                                rng.normal(0.0, 0.1, (units,)).astype("float32")])
+    for app in _applications(model):
+        _batch_statistics_(app, rng.uniform(-1.0, 1.0, (4, *app.input_shape[1:])).astype("float32"), rng)
+
+
+def _applications(model) -> list:
+    """The Keras models holding the BatchNorm layers: the nested applications, else ``model`` itself."""
+    import keras
+
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return nested or [model]
+
+
+def _batch_statistics_(app, x: np.ndarray, rng: np.random.Generator) -> None:
+    """Set every BatchNorm's moving mean and variance to those of its input for the batch ``x`` (one
+    training-mode call with momentum 0), the variances then scaled by U(1.25, 2.5): the outputs still vary
+    with the input by tenths of a logit, while float32 rounding stays near 1e-5."""
+    import keras
+
+    norms = [layer for layer in keras_layers(app) if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [n.momentum for n in norms]
+    for n in norms:
+        n.momentum = 0.0
+    app(x, training=True)
+    for n, m in zip(norms, momenta):
+        n.momentum = m
+        weights = n.get_weights()
+        weights[-1] = (weights[-1] * rng.uniform(1.25, 2.5, weights[-1].shape)).astype("float32")
+        n.set_weights(weights)
 
 
 def keras_run(model, x: np.ndarray) -> np.ndarray:
@@ -263,55 +289,21 @@ def max_diff(a: Any, b: Any) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
-# torch models
-
-
-def sane_init_(model: nn.Module, x: torch.Tensor, seed: int = 1) -> nn.Module:
-    """Variance-preserving kernels, random BatchNorm parameters and statistics, and the classifier ``fc``
-    scaled so that the logits for ``x`` have standard deviation ``LOGIT_STD``; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    model.eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-        scale = LOGIT_STD / model(x).std()
-        model.fc.weight.mul_(scale)
-        model.fc.bias.mul_(scale)
-    return model
-
-
 # Photos
 
 
-def write_photos(folder: Path, colours: dict[str, list[tuple[int, int, int]]], size: int = 48,
-                 suffix: str = ".jpg") -> list[Path]:
-    """One single-colour image per colour, in a subfolder per key (``""``: directly in ``folder``).
+def write_photos(folder: Path, colours: dict[str, list[tuple[int, int, int]]], size: int = 48) -> list[Path]:
+    """One single-colour JPEG per colour, in a subfolder per key (the class folders of an image folder).
 
     Single-colour images look the same after any resize or crop, so every verb sees the same pixels
     whatever its resizing; only the normalisation and the model decide the answer."""
     paths = []
     for sub, rgbs in colours.items():
-        d = folder / sub if sub else folder
-        d.mkdir(parents=True, exist_ok=True)
+        (folder / sub).mkdir(parents=True, exist_ok=True)
         for i, rgb in enumerate(rgbs):
-            path = d / f"img{i:02d}{suffix}"
-            Image.new("RGB", (size, size), rgb).save(path, quality=95) if suffix == ".jpg" else \
-                Image.new("RGB", (size, size), rgb).save(path)
-            paths.append(path)
+            paths.append(folder / sub / f"img{i:02d}.jpg")
+            Image.new("RGB", (size, size), rgb).save(paths[-1], quality=95)
     return paths
-
-
-def random_colours(n: int, seed: int) -> list[tuple[int, int, int]]:
-    rng = np.random.default_rng(seed)
-    return [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(n)]
 
 
 def imagenet_names() -> set[str]:

@@ -87,7 +87,7 @@ def _strip_wrappers(tensors: dict[str, torch.Tensor], path: Path, state: TorchSt
         state.notes.append(f"AveragedModel's {_AVERAGED_COUNT} ({int(count.reshape(-1)[0]) if count.numel() else '?'})"
                            " dropped")
     stripped: dict[str, str] = {}
-    shapes: dict[tuple[str, ...], int] = {}
+    sequences: dict[tuple[str, ...], int] = {}
     inner = 0
     for key in tensors:
         new, leading, nested = _strip_key(key)
@@ -95,13 +95,13 @@ def _strip_wrappers(tensors: dict[str, torch.Tensor], path: Path, state: TorchSt
             raise WeightsError(f"{path}: keys '{stripped[new]}' and '{key}' are the same tensor once the wrapper "
                                f"prefixes are removed: the file mixes two state dicts; save one")
         stripped[new] = key
-        shapes[leading] = shapes.get(leading, 0) + 1
+        sequences[leading] = sequences.get(leading, 0) + 1
         inner += nested
     state.tensors = {new: tensors[key] for new, key in stripped.items()}
-    for leading in shapes:
+    for leading in sequences:
         state.prefixes.extend(p for p in leading if p not in state.prefixes)
-    if len(shapes) > 1:
-        counts = ", ".join(f"'{''.join(k) or 'none'}' on {n}" for k, n in shapes.items())
+    if len(sequences) > 1:
+        counts = ", ".join(f"'{''.join(k) or 'none'}' on {n}" for k, n in sequences.items())
         state.notes.append(f"wrapper prefixes differ between keys ({counts} keys); each key's removed")
     if inner:
         state.notes.append(f"'{_COMPILED}.' (a compiled submodule) removed inside {inner} keys")
