@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,25 @@ def test_compare_table_and_figure(runs, tmp_path, capsys):
     params = json.loads((runs[0] / "config.json").read_text())["params"]
     assert f"| {params:,} |" in a and "| 2 |" in a and "| 1 |" in b
     assert png.stat().st_size > 0
+
+
+def test_eval_preprocessing_override_warns_in_one_line(runs, capsys):
+    results = {}
+    for mode in ("cifar", "tf"):
+        capsys.readouterr()
+        assert main(["eval", str(runs[1]), "--json", "--preprocessing", mode]) == 0
+        captured = capsys.readouterr()
+        results[mode] = json.loads(captured.out), captured.err.strip().splitlines()
+    assert results["cifar"][1] == []  # the run's own normalisation: nothing to warn about
+    lines = results["tf"][1]
+    assert len(lines) == 1 and lines[0].startswith("convzoo: warning: --preprocessing tf differs from the 'cifar'")
+    assert results["tf"][0]["n"] == results["cifar"][0]["n"]
+
+
+@pytest.mark.parametrize("verb", ["eval", "compare"])
+def test_eval_and_compare_without_matplotlib_say_how_to_install_it(verb, runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` finds when it is not installed
+    args = [str(runs[0])] if verb == "eval" else [str(runs[0]), "--out", str(tmp_path / "c.png")]
+    assert main([verb, *args]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"convzoo: error: convzoo {verb} needs matplotlib, which is not installed: pip install 'convzoo[train]'"]

@@ -71,6 +71,10 @@ def test_settings_are_parsed_by_field_type():
     ("nesterov=maybe", "expected true or false"),
     ("model_kwargs={bad", "expected a JSON object"),
     ("missing_equals", "field=value"),
+    ("lr=nan", "recipe field lr: expected a finite number"),
+    ("milestones=a,b", "expected a list of integers"),
+    ("input_size=64", "expected 2 values"),
+    ("epochs=none", "expected an integer"),
 ])
 def test_bad_settings_raise_config_error(setting, message):
     with pytest.raises(ConfigError, match=message):

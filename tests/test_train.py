@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,9 +24,12 @@ from convzoo import load_checkpoint
 from convzoo.cli import main
 from convzoo.data import embedded_cifar10
 from convzoo.data.transforms import ImageTransform
+from convzoo.errors import ConfigError
+from convzoo.train import TrainOptions, resume, start
 from convzoo.train.build import build_model
-from convzoo.train.checkpoint import load_model_weights
-from convzoo.train.recipes import from_dict
+from convzoo.train.recipes import apply_settings, from_dict, get_recipe, override
+from convzoo.train.runfolder import load_model_weights
+from convzoo.train.trainer import resume_recipe
 
 # Two stem convs and one residual block: a few thousand parameters, about a second per 1,000 images.
 TINY = '{"stem": [[8, 2], [16, 1]], "blocks": [{"widths": [16, 16]}]}'
@@ -150,6 +154,42 @@ def test_epoch_summary_lines(cifar, tmp_path, capsys):
     for word in ("train loss", "acc", "val loss", "lr", "img/s"):
         assert word in line
     assert line.endswith("s")
+
+
+def test_library_runs_report_through_logging_not_stdout(cifar, tmp_path, capsys, caplog):
+    recipe = apply_settings(override(get_recipe("fast"), epochs=1, batch_size=32), [f"model_kwargs={TINY}"])
+    out = tmp_path / "lib"
+    with caplog.at_level(logging.INFO, logger="convzoo.train"):
+        run = start(TrainOptions(recipe, data=str(cifar), out=out, device="cpu"))
+        assert run.epoch == 0 and run.history == [] and (out / "config.json").is_file()
+        assert not (out / "last").exists()
+        assert run.fit() == out and run.epoch == 1
+    assert capsys.readouterr().out == ""
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("convzoo.train")]
+    assert lines[0].startswith("training xception_cifar_tiny (fast recipe) on 180 images")
+    assert lines[1].startswith("epoch 1/1") and lines[2].startswith("best val acc")
+    again = resume(TrainOptions(resume_recipe(out, epochs=2), resume=out, device="cpu"))
+    assert again.epoch == 1 and again.history == run.history and again.best == run.best
+
+
+def test_start_and_resume_refuse_options_of_the_other(run, tmp_path):
+    recipe = get_recipe("fast")
+    with pytest.raises(ConfigError, match="resume\\(\\) continues"):
+        start(TrainOptions(recipe, resume=run))
+    with pytest.raises(ConfigError, match="set opts.resume"):
+        resume(TrainOptions(recipe))
+    with pytest.raises(ConfigError, match="data, weights cannot be set"):
+        resume(TrainOptions(resume_recipe(run), resume=run, data="cifar10", weights=tmp_path / "w.pt"))
+
+
+@pytest.mark.parametrize("package", ["tensorboard", "matplotlib"])
+def test_training_without_an_extra_says_how_to_install_it(package, cifar, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, package, None)  # what `import package` finds when it is not installed
+    out = tmp_path / "r"
+    assert main(train_args(cifar, out, 1)) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"convzoo: error: convzoo train needs {package}, which is not installed: pip install 'convzoo[train]'"]
+    assert not out.exists()
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):

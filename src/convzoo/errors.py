@@ -53,3 +53,15 @@ class CheckpointError(ConvzooError):
 
 class OutputError(ConvzooError):
     """A file or folder that cannot be written (full disk, no permission, a path through a file)."""
+
+
+class DivergedError(ConvzooError):
+    """A training loss that became NaN or infinite."""
+
+
+class MissingDependencyError(ConvzooError):
+    """An optional package (an extra such as ``convzoo[train]``) that a feature needs is not installed."""
+
+
+class ConvzooWarning(UserWarning):
+    """A warning convzoo gives on purpose; the command line shows it as one ``convzoo: warning:`` line."""

@@ -19,7 +19,7 @@ VERB_MODULES: list[str] = [
     "convzoo.export",
     "convzoo.graph",
     "convzoo.bench",
-    "convzoo.train.commands",
+    "convzoo.cli.train",
     "convzoo.weights.commands",
 ]
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ChecksumError, ConfigError, DataError
+from ..utils.fileio import check_file
 from .dataset import ArrayDataset
-from .safe import check_md5, read_tar_members, safe_unpickle
+from .safe import read_tar_members, safe_unpickle
 
 PIXELS = 3 * 32 * 32
 RECORD = 1 + PIXELS
@@ -80,7 +81,16 @@ def embedded_cifar10() -> ArrayDataset:
         return read_cifar_binary([path / f"data_batch_{i}.bin" for i in range(1, 6)], meta)
 
 
-def detect_format(names: set[str], where: object) -> CifarFormat | None:
+def check_archive(path: Path, md5: str, advice: str = "delete it and download it again") -> None:
+    """Raise :class:`ChecksumError` unless the MD5 of the archive at ``path`` is ``md5`` (hex); ``advice``
+    ends the message."""
+    try:
+        check_file(path, f"md5:{md5}", name=str(path))
+    except ChecksumError as exc:
+        raise ChecksumError(f"{exc} (corrupt, partial or repacked; {advice})") from None
+
+
+def detect_cifar_format(names: set[str], where: object) -> CifarFormat | None:
     """The CIFAR format whose file names appear in ``names`` (the files of one folder), or None."""
     matches = [f for f in FORMATS if names & set(f.train + f.test + f.meta)]
     if len(matches) > 1:
@@ -91,7 +101,7 @@ def detect_format(names: set[str], where: object) -> CifarFormat | None:
 
 def find_cifar_folder(path: Path) -> Path | None:
     """``path`` if it holds CIFAR files, else the one official CIFAR folder inside it, else None."""
-    if detect_format({p.name for p in path.iterdir() if p.is_file()}, path):
+    if detect_cifar_format({p.name for p in path.iterdir() if p.is_file()}, path):
         return path
     inner = [path / f.folder for f in FORMATS if (path / f.folder).is_dir()]
     if len(inner) > 1:
@@ -122,7 +132,7 @@ def load_cifar(path: str | Path, split: str = "train", *, labels: str = "fine",
         raise DataError(f"{path}: expected CIFAR files (e.g. data_batch_1, test_batch.bin, train, test.bin), "
                         f"found none")
     present = {p.name for p in folder.iterdir() if p.is_file()}
-    fmt = detect_format(present, folder)
+    fmt = detect_cifar_format(present, folder)
     return _build(fmt, present, lambda name: (folder / name).read_bytes(), split, labels, folder)
 
 
@@ -130,13 +140,13 @@ def _load_archive(archive: Path, split: str, labels: str, md5s: Mapping[str, str
                   verify_md5: bool) -> ArrayDataset:
     wanted = {name for f in FORMATS for name in f.files(split) + f.meta}
     members = read_tar_members(archive, wanted)
-    fmt = detect_format(set(members), archive)
+    fmt = detect_cifar_format(set(members), archive)
     if fmt is None:
         raise DataError(f"{archive}: expected an official CIFAR archive, found no CIFAR {split} files in it")
     expected = md5s.get(archive.name) or md5s.get(fmt.archive)
     if verify_md5 and expected:
-        check_md5(archive, expected, f"the official {fmt.archive} has that MD5; download it again, or pass "
-                                     f"verify_md5=False to load a repacked archive")
+        check_archive(archive, expected, f"the official {fmt.archive} has that MD5; download it again, or pass "
+                                         f"verify_md5=False to load a repacked archive")
     return _build(fmt, set(members), members.__getitem__, split, labels, archive)
 
 

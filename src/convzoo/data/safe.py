@@ -1,9 +1,8 @@
-"""Reading untrusted data files safely: a restricted unpickler, tar archives read in memory after every
-member has been checked, and MD5 checksums."""
+"""Reading untrusted data files safely: a restricted unpickler, and tar archives read in memory after every
+member has been checked."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import tarfile
@@ -11,7 +10,7 @@ import zlib
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ..errors import ChecksumError, DataError, UnsafeFileError
+from ..errors import DataError, UnsafeFileError
 
 # The only globals a CIFAR pickle refers to: how numpy rebuilds an array and its dtype (old and new
 # module paths; ``_frombuffer`` is what pickle protocol 5 uses).
@@ -47,23 +46,6 @@ def safe_unpickle(data: bytes, source: str) -> object:
     except Exception as exc:
         raise DataError(f"{source}: expected a pickle, found unreadable data "
                         f"({type(exc).__name__}: {exc})") from None
-
-
-def md5sum(path: Path) -> str:
-    """The hexadecimal MD5 digest of the file at ``path``."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_md5(path: Path, expected: str, advice: str = "delete it and download it again") -> None:
-    """Raise :class:`ChecksumError` unless the MD5 of ``path`` is ``expected``; ``advice`` ends the message."""
-    found = md5sum(path)
-    if found != expected.lower():
-        raise ChecksumError(f"{path}: expected MD5 {expected.lower()}, found {found} (corrupt, partial or "
-                            f"repacked; {advice})")
 
 
 def check_member(member: tarfile.TarInfo, archive: Path) -> None:

@@ -11,17 +11,15 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..registry import ModelCfg, create_model, model_kwargs_from_json
-from .recipes import CIFAR_MEAN, CIFAR_STD, Recipe
+from ..factory import create_model
+from ..preprocess import MODES, mode_stats
+from ..registry import ModelCfg, model_kwargs_from_json
+from ..weights import load_weights
+from .recipes import Recipe
 
-# Per-channel mean and std in 0-255 pixel units for each of the registry's preprocessing modes, and
-# whether the mode feeds BGR images.
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...], bool]] = {
-    "cifar": (CIFAR_MEAN, CIFAR_STD, False),
-    "tf": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5), False),
-    "torch": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), False),
-    "caffe": ((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), True),
-}
+# Per-channel mean and std in 0-255 pixel units for each preprocessing mode, and whether the mode feeds
+# BGR images (preprocess.mode_stats, by mode).
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...], bool]] = {m: mode_stats(m) for m in MODES}
 
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
@@ -37,8 +35,6 @@ def load_start_weights(model: nn.Module, path: str | Path) -> str:
     Every tensor but the classifier must fit. A classifier for another number of classes is not loaded:
     the model keeps its freshly initialised one, sized for the new classes. Returns a one-line report.
     """
-    from ..weights import load_weights
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = load_weights(model, path, strict=True)

@@ -5,8 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..utils.tables import markdown_table
+from .extras import require
 from .metrics import read_history
 from .plots import plot_compare
+from .runfolder import METRICS_FILE, read_config
+
+HEADER = ("run", "model", "parameters", "best val acc", "final val acc", "epochs", "wall time")
 
 
 @dataclass
@@ -25,11 +30,9 @@ class RunSummary:
 
 def summarize(run_dir: str | Path) -> RunSummary:
     """The model, size and results of the run in ``run_dir`` (from config.json and metrics.csv)."""
-    from .trainer import read_config
-
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    metrics = run_dir / "metrics.csv"
+    metrics = run_dir / METRICS_FILE
     history = read_history(metrics) if metrics.is_file() else []
     accs = [r["val_acc"] for r in history]
     return RunSummary(run_dir.name, config["model"], config["params"], max(accs) if accs else None,
@@ -37,24 +40,23 @@ def summarize(run_dir: str | Path) -> RunSummary:
                       history[-1]["wall_time"] if history else 0.0, history)
 
 
-def markdown_table(rows: list[RunSummary]) -> str:
-    """The comparison as a GitHub-flavoured markdown table."""
-    lines = ["| run | model | parameters | best val acc | final val acc | epochs | wall time |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r.run} | {r.model} | {r.params:,} | {_pct(r.best_val_acc)} | {_pct(r.final_val_acc)} "
-                     f"| {r.epochs} | {format_duration(r.wall_time)} |")
-    return "\n".join(lines)
+def comparison_table(rows: list[RunSummary]) -> str:
+    """The comparison as a GitHub-flavoured markdown table, one row per run."""
+    cells = [(r.run, r.model, f"{r.params:,}", _pct(r.best_val_acc), _pct(r.final_val_acc), r.epochs,
+              format_duration(r.wall_time)) for r in rows]
+    return markdown_table(HEADER, cells, align="llrrrrr")
 
 
 def compare(run_dirs: list[str | Path], png: str | Path | None = None) -> tuple[str, Path]:
     """The markdown table of ``run_dirs`` and the path of the overlay figure (default: ``compare.png``
-    beside the first run)."""
+    beside the first run). Raises :class:`CheckpointError` for a folder that is not a run, and
+    :class:`MissingDependencyError` without matplotlib."""
+    require("matplotlib", purpose="convzoo compare")
     rows = [summarize(d) for d in run_dirs]
     png = Path(png) if png is not None else Path(run_dirs[0]).resolve().parent / "compare.png"
     labels = _labels(rows, run_dirs)
     plot_compare([(label, r.history) for label, r in zip(labels, rows)], png)
-    return markdown_table(rows), png
+    return comparison_table(rows), png
 
 
 def format_duration(seconds: float) -> str:

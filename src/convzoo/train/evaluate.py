@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,15 +12,18 @@ import torch
 from torch import nn
 
 from ..data import ArrayDataset, BatchLoader
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, ConvzooWarning, DataError
 from ..optimize import optimize_for_inference
+from ..preprocess import recorded_preprocessing
 from ..runtime import bf16_pays, resolve_device
+from ..weights import load_checkpoint
 from .build import NORMALIZATION, build_model
-from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, find_checkpoint, load_model_weights, read_state
 from .data import DataSpec, load_eval_data, load_run_data, resample_for, to_bgr
+from .extras import require
 from .metrics import Tally, evaluate
 from .plots import plot_confusion
 from .recipes import from_dict
+from .runfolder import CONFIG_FILE, WEIGHTS_FILE, find_checkpoint, load_model_weights, read_config, read_state
 
 
 @dataclass
@@ -66,12 +69,15 @@ def evaluate_target(target: str | Path, data: str | Path | None = None, which: s
 
     Inputs are normalised as recorded with the weights: the run's normalisation, a checkpoint's own
     (``extra`` mean/std written by the trainer), else its weight record's preprocessing (``weights_meta``,
-    else ``default_cfg``). ``preprocessing`` overrides that with a mode, with a one-line warning on stderr
-    when it differs. On ``device`` ('auto': CUDA when available, 'cpu' or 'cuda') a BatchNorm-folded,
-    channels-last copy of the model runs, under bfloat16 autocast on CUDA."""
+    else ``default_cfg``). ``preprocessing`` overrides that with a mode, with a :class:`ConvzooWarning` when
+    it differs. On ``device`` ('auto': CUDA when available, 'cpu' or 'cuda') a BatchNorm-folded,
+    channels-last copy of the model runs, under bfloat16 autocast on CUDA. The confusion matrix is drawn
+    beside the checkpoint (``confusion_png``). Raises :class:`CheckpointError`, :class:`ConfigError`,
+    :class:`DataError`, or :class:`MissingDependencyError` without matplotlib."""
     if which not in ("best", "last"):
         raise ConfigError(f"checkpoint must be best or last, got {which!r}")
     dev = resolve_device(device)
+    require("matplotlib", purpose="convzoo eval")
     t = _resolve(Path(target), which)
     if preprocessing is not None:
         t.mean, t.std, t.bgr = _override(t, preprocessing)
@@ -104,13 +110,14 @@ def _mode_of(mean: tuple[float, ...], std: tuple[float, ...], bgr: bool) -> str:
 
 
 def _override(t: _Target, mode: str) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
-    """The normalisation of ``mode``, with a warning line when it differs from the one recorded for ``t``."""
+    """The normalisation of ``mode``, with a :class:`ConvzooWarning` when it differs from the one recorded
+    for ``t``."""
     if mode not in NORMALIZATION:
         raise ConfigError(f"preprocessing mode must be one of {', '.join(NORMALIZATION)}, got {mode!r}")
     recorded = _mode_of(t.mean, t.std, t.bgr)
     if recorded != mode:
-        print(f"convzoo: warning: --preprocessing {mode} differs from the {recorded!r} preprocessing recorded "
-              f"with {t.checkpoint}; using {mode!r}", file=sys.stderr)
+        warnings.warn(f"--preprocessing {mode} differs from the {recorded!r} preprocessing recorded with "
+                      f"{t.checkpoint}; using {mode!r}", ConvzooWarning, stacklevel=3)
     mean, std, bgr = NORMALIZATION[mode]
     return tuple(mean), tuple(std), bgr
 
@@ -132,8 +139,6 @@ def _resolve(path: Path, which: str) -> _Target:
 
 
 def _from_run(run_dir: Path, checkpoint: Path, png: Path) -> _Target:
-    from .trainer import read_config
-
     config = read_config(run_dir)
     found = find_checkpoint(checkpoint)
     if found is None:
@@ -148,9 +153,6 @@ def _from_run(run_dir: Path, checkpoint: Path, png: Path) -> _Target:
 
 
 def _from_checkpoint(path: Path) -> _Target:
-    from ..preprocess import recorded_preprocessing
-    from ..weights import load_checkpoint
-
     model = load_checkpoint(path)
     info = model.checkpoint_info
     cfg = model.default_cfg

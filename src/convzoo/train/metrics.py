@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -14,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write_text
+from ..runtime import autocast
+from ..utils.fileio import atomic_write_text
 
 COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "img_per_s", "seconds",
            "wall_time")
@@ -52,11 +52,6 @@ class Tally:
         """Top-1 accuracy of each class (NaN for a class with no image)."""
         totals = self.confusion.sum(1).double()
         return (self.confusion.diagonal().double() / totals).tolist()
-
-
-def autocast(device: torch.device, bf16: bool) -> AbstractContextManager:
-    """bfloat16 autocast on ``device`` when ``bf16``, else nothing."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def logits_of(output: Any) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .checkpoint import atomic_write
+from ..utils.fileio import atomic_write
 
 
 def _figure(width: float, height: float) -> Any:

@@ -11,17 +11,20 @@ import dataclasses
 import difflib
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
 from ..preprocess import CIFAR_MEAN, CIFAR_STD
-
+from ..utils.typed import coerce
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "linear", "constant")
+# Command-line words for None (in a field that may be None) and for booleans.
+NONE_WORDS = ("none", "null", "")
+BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+              "off": False}
 
 
 @dataclass
@@ -209,11 +212,12 @@ def apply_settings(recipe: Recipe, settings: list[str]) -> Recipe:
 
 
 def from_dict(values: dict[str, Any]) -> Recipe:
-    """The recipe recorded by :meth:`Recipe.as_dict` (lists become tuples again)."""
+    """The recipe recorded by :meth:`Recipe.as_dict` (lists become tuples again); ConfigError naming a field
+    whose value does not fit its type."""
     hints = typing.get_type_hints(Recipe)
     for key in values:
         _check_field(key)
-    return Recipe(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+    return Recipe(**{k: coerce(v, hints[k], f"recipe field {k}") for k, v in values.items()})
 
 
 def _check_field(key: str) -> None:
@@ -225,87 +229,43 @@ def _check_field(key: str) -> None:
 
 
 def parse_value(key: str, text: str, hint: Any) -> Any:
-    """Parse the command-line text of field ``key`` into a value of type ``hint``."""
-    if _is_optional(hint) and text.lower() in ("none", "null", ""):
-        return None
-    base = _strip_optional(hint)
-    origin = typing.get_origin(base)
-    if base is bool:
-        lowered = text.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"recipe field {key}: expected true or false, got {text!r}")
+    """The command-line text of field ``key`` as a value of type ``hint``: 'none' (or 'null', or nothing) for
+    a field that may be None, true/false (also yes/no, on/off, 1/0) for booleans, comma-separated values or a
+    JSON list for tuples, a JSON object for dicts. ConfigError when it does not fit."""
+    name = f"recipe field {key}"
+    alternatives = typing.get_args(hint)
+    if type(None) in alternatives:
+        if text.lower() in NONE_WORDS:
+            return None
+        hint = next(a for a in alternatives if a is not type(None))
+    return coerce(_from_text(name, text, hint), hint, name)
+
+
+def _from_text(name: str, text: str, hint: Any) -> Any:
+    """The JSON-like value ``text`` stands for, for :func:`coerce` to check against ``hint``."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        return BOOL_WORDS.get(text.lower(), text)
     if origin is tuple:
+        if not text.startswith("["):
+            return [_number(t.strip()) for t in text.split(",") if t.strip()]
         try:
-            items = json.loads(text) if text.startswith("[") else [t for t in text.split(",") if t.strip()]
+            return json.loads(text)
         except json.JSONDecodeError:
-            raise ConfigError(f"recipe field {key}: expected comma-separated values, got {text!r}") from None
-        return _coerce(key, items, base)
+            raise ConfigError(f"{name}: expected comma-separated values, got {text!r}") from None
     if origin is dict:
         try:
-            return _coerce(key, json.loads(text), base)
+            return json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"recipe field {key}: expected a JSON object, got {text!r} ({e.msg})") from None
-    return _coerce(key, text, base)
+            raise ConfigError(f"{name}: expected a JSON object, got {text!r} ({e.msg})") from None
+    return text if hint is str else _number(text)
 
 
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    if value is None and _is_optional(hint):
-        return None
-    base = _strip_optional(hint)
-    try:
-        return _convert(key, value, base)
-    except (TypeError, ValueError, IndexError):
-        raise ConfigError(f"recipe field {key}: expected {_type_name(hint)}, got {value!r}") from None
-
-
-def _convert(key: str, value: Any, base: Any) -> Any:
-    """``value`` as type ``base``, or TypeError/ValueError."""
-    origin = typing.get_origin(base)
-    if origin is tuple:
-        args = typing.get_args(base)
-        if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
-            raise ValueError
-        return tuple(_coerce(key, v, args[0] if args[-1] is Ellipsis else args[i]) for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TypeError
-        return dict(value)
-    if isinstance(value, bool) and base is not bool:
-        raise TypeError
-    if base is bool:
-        if not isinstance(value, bool):
-            raise TypeError
-        return value
-    if base is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return int(value)
-    if base is float:
-        return float(value)
-    return str(value)
-
-
-def _is_optional(hint: Any) -> bool:
-    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
-
-
-def _strip_optional(hint: Any) -> Any:
-    if _is_optional(hint):
-        rest = [a for a in typing.get_args(hint) if a is not type(None)]
-        return rest[0]
-    return hint
-
-
-def _type_name(hint: Any) -> str:
-    base = _strip_optional(hint)
-    origin = typing.get_origin(base)
-    if origin is tuple:
-        name = "comma-separated values"
-    elif origin is dict:
-        name = "a JSON object"
-    else:
-        name = {int: "an integer", float: "a number", str: "a string"}.get(base, str(base))
-    return f"{name} or none" if _is_optional(hint) else name
+def _number(text: str) -> int | float | str:
+    """``text`` as an int or a float where it is one, else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
