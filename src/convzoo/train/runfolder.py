@@ -218,9 +218,12 @@ class RunWriter:
     def __enter__(self) -> "RunWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         try:
             self._events(self.scalars.close)
+        except OutputError:
+            if exc_type is None:
+                raise
         finally:
             threading.excepthook = self.hook
 

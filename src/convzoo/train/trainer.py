@@ -23,6 +23,7 @@ Progress bars go to stderr.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -448,12 +449,12 @@ class Run:
         """The message of a run stopped by a failed write: what failed, what is kept and how to go on,
         never advice that would destroy a complete checkpoint."""
         kept = newest_checkpoint(self.folder)
+        fix = "free space on that disk" if os.strerror(errno.ENOSPC) in str(exc) else "fix that"
         if kept is None:
-            return (f"{exc}; stopped before any checkpoint was complete: free space (or make the folder "
-                    f"writable), then start again with --out {self.folder} --overwrite")
+            return f"{exc}; no checkpoint is complete yet: {fix}, then start again with --out {self.folder} --overwrite"
         state = read_state(kept)
-        return (f"{exc}; stopped, {kept.name}/ ({_where(state['epoch'], state.get('partial'))}) is kept: "
-                f"free space (or make the folder writable), then convzoo train --resume {self.folder}")
+        return (f"{exc}; {kept.name}/ ({_where(state['epoch'], state.get('partial'))}) is kept: {fix}, then "
+                f"convzoo train --resume {self.folder}")
 
     def _writer(self) -> RunWriter | contextlib.nullcontext[None]:
         """Rank 0's writer of the run folder; None on the other ranks."""
