@@ -22,7 +22,8 @@ from convzoo import create_model, save_checkpoint
 from convzoo.cli import main
 from convzoo.data import BatchLoader
 from convzoo.data import streaming
-from convzoo.data.imagenet import imagenet_wnids
+from convzoo.data.dataset import train_val_split
+from convzoo.data.imagenet import imagenet_wnids, scan_class_folders
 from convzoo.data.streaming import EpochBatches, StreamLoader, usable_cores
 from convzoo.train import TrainOptions, start, trainer
 from convzoo.train.recipes import apply_settings, get_recipe, override
@@ -276,9 +277,6 @@ def test_two_processes_stream_and_skip_a_step_no_rank_can_take(folder, tmp_path)
         (data / wnid).mkdir(parents=True)
         for p in sorted((folder / wnid).iterdir()):
             (data / wnid / p.name).write_bytes(p.read_bytes())
-    from convzoo.data.dataset import train_val_split
-    from convzoo.data.imagenet import scan_class_folders
-
     train_files, _ = train_val_split(scan_class_folders(data), 0.1, 0)
     batches = EpochBatches(len(train_files), 8, train=True, seed=0, rank=1, world_size=2)
     batches.set_epoch(0)

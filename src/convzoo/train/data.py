@@ -175,8 +175,10 @@ def train_batches(train: Source, recipe: Recipe, spec: DataSpec, norm: tuple[tup
                   num_classes: int, env: DistEnv, device: torch.device, channels_last: bool, workers: int) -> Batches:
     """The seeded training batches of a run. In memory: global batches (the trainer takes this rank's
     shard), the seed's flip/shift/cutout; streamed: this rank's part of each global batch, the recipe's
-    ImageNet augmentation, empty batches kept so that every rank takes every step. ``norm``: mean, std
-    (pixel units, the model's channel order) and BGR."""
+    ImageNet augmentation, empty batches kept so that every rank takes every step, and loader processes
+    started for each epoch (so that they are gone while those of the validation set run: two sets of
+    forked processes would each map the trainer's memory pages). ``norm``: mean, std (pixel
+    units, the model's channel order) and BGR."""
     mix = batch_mix(recipe.augment(), num_classes)
     if isinstance(train, ArrayDataset):
         return BatchLoader(train, recipe.batch_size, mean=norm[0], std=norm[1], train=True, flip=recipe.flip,
@@ -186,7 +188,7 @@ def train_batches(train: Source, recipe: Recipe, spec: DataSpec, norm: tuple[tup
     common = dict(train=True, seed=recipe.seed, rank=env.rank, world_size=env.world_size, workers=workers,
                   device=device, channels_last=channels_last, mix=mix, keep_empty=True)
     if isinstance(train, FileList):
-        return folder_loader(train, transform, recipe.batch_size, **common)
+        return folder_loader(train, transform, recipe.batch_size, persistent=False, **common)
     return shard_loader(train, transform, recipe.batch_size, **common)
 
 

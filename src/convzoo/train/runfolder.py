@@ -174,9 +174,13 @@ class RunWriter:
         self.folder, self.classes, self.model_args, self.title = Path(folder), classes, model_args, title
         self.hook = threading.excepthook
         threading.excepthook = self._quiet_event_thread
-        # A resumed run drops the scalars its interrupted session wrote after its last checkpoint.
-        self.scalars = self._events(SummaryWriter, log_dir=str(folder),
-                                    purge_step=start_epoch + 1 if start_epoch else None)
+        try:
+            # A resumed run drops the scalars its interrupted session wrote after its last checkpoint.
+            self.scalars = self._events(SummaryWriter, log_dir=str(folder),
+                                        purge_step=start_epoch + 1 if start_epoch else None)
+        except OutputError:
+            threading.excepthook = self.hook
+            raise
         self.plotted = -math.inf
 
     def record(self, model: nn.Module, extra: dict[str, Any], state: dict[str, Any], improved: bool,
