@@ -152,7 +152,7 @@ def test_progress_lines_give_speed_and_eta(folder, tmp_path, monkeypatch, caplog
     with caplog.at_level(logging.INFO, logger="convzoo.train"):
         assert main(stream_args(folder, tmp_path / "run", 1, "--pipeline", "stream")) == 0
     lines = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
-    assert lines and all(re.fullmatch(r"epoch 1/1 step \d/5: \d+ img/s, ETA \d+s, waiting for data \d+ %", x)
+    assert lines and all(re.fullmatch(r"epoch 1/1 step \d/5: [\d.]+ img/s, ETA \d+s, waiting for data \d+ %", x)
                          for x in lines), lines
 
 

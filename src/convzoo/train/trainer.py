@@ -426,7 +426,7 @@ class Run:
         skipped = f"  {row['skipped']} images skipped" if row["skipped"] else ""
         self._say(f"epoch {self.epoch}/{self.recipe.epochs}  train loss {row['train_loss']:.4f} acc "
                   f"{row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr "
-                  f"{row['lr']:.3g}  {row['img_per_s']:.0f} img/s  {row['seconds']:.1f}s{skipped}")
+                  f"{row['lr']:.3g}  {_rate(row['img_per_s'])} img/s  {row['seconds']:.1f}s{skipped}")
 
     def _extra(self) -> dict[str, Any]:
         """The metadata of a checkpoint's ``model.safetensors``."""
@@ -526,7 +526,7 @@ class _EpochMeter:
         eta = (steps - step) * (now - self.started) / max(step - self.start, 1)
         skipped = f", {int(totals['skipped'])} images skipped" if totals["skipped"] else ""
         self.run._say(f"epoch {self.epoch + 1}/{self.run.recipe.epochs} step {step}/{steps}: "
-                      f"{self.images_per_s(totals):.0f} img/s, ETA {_duration(eta)}, waiting for data "
+                      f"{_rate(self.images_per_s(totals))} img/s, ETA {_duration(eta)}, waiting for data "
                       f"{100 * self.waited / max(now - self.started, 1e-9):.0f} %{skipped}")
 
     def checkpoint_due(self) -> bool:
@@ -550,6 +550,11 @@ def _where(epoch: int, partial: dict[str, Any] | None) -> str:
     """Where a run stands, in words: 'epoch 3', or 'epoch 3 and 120 steps of epoch 4'."""
     steps = f"{partial['step']} step{'s' if partial['step'] != 1 else ''}" if partial else ""
     return f"epoch {epoch}" + (f" and {steps} of epoch {epoch + 1}" if partial else "")
+
+
+def _rate(per_s: float) -> str:
+    """Images per second with the digits that matter: 0.7, 12, 850."""
+    return f"{per_s:.1f}" if per_s < 10 else f"{per_s:.0f}"
 
 
 def _duration(seconds: float) -> str:
