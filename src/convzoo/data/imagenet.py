@@ -14,10 +14,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
