@@ -3,8 +3,8 @@ loader workers), sampled from /proc every 0.2 s (Linux only).
 
 Prints the wall time, the peak of the summed resident set sizes (RSS: pages shared between the processes,
 such as the torch libraries, counted once per process) and the peak of the summed proportional set sizes
-(PSS: shared pages divided among the processes that share them, the honest total), then the command's exit
-code. Usage::
+(PSS: shared pages divided among the processes that share them, the honest total) with each process's
+share at that peak, then the command's exit code. Usage::
 
     python benchmarks/peak_memory.py -- convzoo train --data /tmp/stream20k --pipeline stream ...
 """
@@ -35,28 +35,30 @@ def field_kib(path: str, name: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(name))
 
 
-def memory(pid: int) -> tuple[int, int]:
-    """Summed RSS and PSS of ``pid``'s tree, in bytes."""
-    rss = pss = 0
+def memory(pid: int) -> tuple[int, int, list[int]]:
+    """Summed RSS and PSS of ``pid``'s tree, in bytes, and the PSS of each process (the tree's order)."""
+    rss, each = 0, []
     for p in tree(pid):
         try:
-            rss += field_kib(f"/proc/{p}/status", "VmRSS:")
-            pss += field_kib(f"/proc/{p}/smaps_rollup", "Pss:")
+            rss += field_kib(f"/proc/{p}/status", "VmRSS:") * 1024
+            each.append(field_kib(f"/proc/{p}/smaps_rollup", "Pss:") * 1024)
         except (OSError, StopIteration):
             continue
-    return rss * 1024, pss * 1024
+    return rss, sum(each), each
 
 
 def main(argv: list[str]) -> int:
     command = argv[1:] if argv[:1] == ["--"] else argv
     started = time.perf_counter()
     proc = subprocess.Popen(command)
-    peak = [0, 0]
+    peak: list = [0, 0, []]
 
     def sample() -> None:
         while proc.poll() is None:
-            rss, pss = memory(proc.pid)
-            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            rss, pss, each = memory(proc.pid)
+            peak[0] = max(peak[0], rss)
+            if pss > peak[1]:
+                peak[1], peak[2] = pss, each
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -64,8 +66,10 @@ def main(argv: list[str]) -> int:
     code = proc.wait()
     sampler.join()
     gib = 1 << 30
+    each = " + ".join(f"{p / gib:.2f}" for p in peak[2])
     print(f"peak_memory: wall {time.perf_counter() - started:.1f} s, peak RSS sum {peak[0] / gib:.2f} GiB, "
-          f"peak PSS {peak[1] / gib:.2f} GiB, exit {code}", file=sys.stderr, flush=True)
+          f"peak PSS {peak[1] / gib:.2f} GiB ({each}: the command, then the processes it started), exit {code}",
+          file=sys.stderr, flush=True)
     return code
 
 

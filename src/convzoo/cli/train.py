@@ -95,7 +95,8 @@ def _register_eval(subparsers: Any) -> None:
     p.add_argument("--data", help=f"evaluate on this data ({DATA_HELP}); default: the run's validation split")
     _register_data(p)
     p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint of a run")
-    p.add_argument("--batch-size", type=_count(1, "a positive integer"), default=256)
+    p.add_argument("--batch-size", type=_count(1, "a positive integer"),
+                   help="images per batch (default: 32 on the CPU, 256 on CUDA)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, n, per_class)")
     p.add_argument("--preprocessing", choices=MODES,
