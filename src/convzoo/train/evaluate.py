@@ -37,7 +37,7 @@ from .runfolder import CONFIG_FILE, WEIGHTS_FILE, find_checkpoint, load_model_we
 
 
 # The default batch by device: on the CPU a larger batch gains little and costs memory (an Xception at 299
-# evaluating batches of 32 peaks at 2.4 GB, of 256 at about 15 GB); a GPU wants large batches.
+# evaluating batches of 32 peaks at 2.4 GB, and the activations grow with the batch); a GPU wants large batches.
 BATCH_SIZES = {"cpu": 32, "cuda": 256}
 
 
