@@ -14,7 +14,7 @@ import torch
 
 from convzoo import create_model
 from convzoo.cli import main
-from convzoo.train.evaluate import evaluate_target
+from convzoo.train.evaluate import EvalOptions, evaluate_target
 from convzoo.train.recipes import CIFAR_MEAN, CIFAR_STD
 
 from helpers import randomize_batchnorm_
@@ -87,7 +87,7 @@ def test_eval_a_checkpoint_outside_any_run(cifar, tmp_path, capsys):
 
 def test_eval_on_cpu_matches_the_trainers_validation(runs):
     run = runs[0]
-    tally = evaluate_target(run, device="cpu").tally
+    tally = evaluate_target(run, opts=EvalOptions(device="cpu")).tally
     best = max(rows(run), key=lambda r: float(r["val_acc"]))
     assert tally.loss == pytest.approx(float(best["val_loss"]), abs=1e-5)
 

@@ -61,6 +61,14 @@ def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProces
                           timeout=timeout)
 
 
+def exit_code(args: list[str]) -> int:
+    """``main(args)``'s exit code, also when the argument parser refuses a value (SystemExit)."""
+    try:
+        return main(args)
+    except SystemExit as exc:
+        return exc.code
+
+
 def tensors(run: Path, which: str = "last") -> dict[str, torch.Tensor]:
     return load_file(run / which / "model.safetensors")
 
@@ -104,7 +112,8 @@ def test_run_folder_holds_every_artefact(run, capsys):
     rows = metrics(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     state = torch.load(run / "last" / "state.pt", weights_only=True)
-    assert state["epoch"] == 2 and state["loader"] == {"seed": 0, "epoch": 2}
+    assert state["epoch"] == 2 and state["partial"] is None
+    assert state["loader"] == {"seed": 0, "epoch": 2, "step": 0, "workers": 0, "world_size": 1}
     assert state["optimizer"]["state"] and state["rng"].dtype == torch.uint8
     model = build_model(from_dict(config["recipe"]), 10)
     from convzoo.weights import load_weights
@@ -287,7 +296,7 @@ def test_distributed_two_processes_match_one(cifar, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["recipe", "field", "epochs", "batch", "resume_missing", "resume_other",
-                                  "data_missing", "resume_flag"])
+                                  "data_missing", "resume_flag", "seed", "set_seed", "workers"])
 def test_bad_input_is_one_line_and_exit_2(case, cifar, run, tmp_path, capsys):
     args = {
         "recipe": ["train", "--recipe", "no_such_recipe"],
@@ -298,19 +307,19 @@ def test_bad_input_is_one_line_and_exit_2(case, cifar, run, tmp_path, capsys):
         "resume_other": ["train", "--resume", str(run), "--model", "resnet50"],
         "data_missing": ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m")],
         "resume_flag": ["train", "--resume", str(run), "--lr", "0.1"],
+        "seed": ["train", "--seed", "99999999999999999999999", "--data", str(tmp_path / "missing")],
+        "set_seed": ["train", "--set", "seed=-1", "--data", str(tmp_path / "missing")],
+        "workers": ["train", "--workers", "-1"],
     }[case]
-    try:
-        code = main(args)
-    except SystemExit as exc:  # refused where it is parsed (--epochs 0)
-        code = exc.code
-    assert code == 2
+    assert exit_code(args) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("convzoo: error:"), captured.err
+    assert len(lines) == 1 and lines[0].startswith(("convzoo: error:", "convzoo train: error:")), captured.err
     assert "Traceback" not in captured.err
     expected = {"recipe": "no_such_recipe", "field": "no_such_field", "epochs": "epochs", "batch": "100000",
                 "resume_missing": "nowhere", "resume_other": "resnet50", "data_missing": "missing",
-                "resume_flag": "--lr"}[case]
+                "resume_flag": "--lr", "seed": "0..9223372036854775807", "set_seed": "0..9223372036854775807",
+                "workers": "at least 0"}[case]
     assert expected in lines[0]
     assert not (tmp_path / "b").exists() and not (tmp_path / "m").exists()
 

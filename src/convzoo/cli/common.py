@@ -15,12 +15,11 @@ from typing import Callable, Iterator
 
 from ..errors import UnknownModelError
 from ..registry import get_model_cfg
+from ..train.recipes import MAX_SEED
 
 # The largest image side the verbs take (summary, graph, bench, export): far beyond any classification input,
 # small enough that one feature map of the widest stem fits in memory.
 MAX_SIDE = 4096
-# torch.manual_seed's range of non-negative seeds.
-MAX_SEED = 2 ** 63 - 1
 
 
 def int_in(low: int, high: int | None = None) -> Callable[[str], int]:

@@ -22,32 +22,26 @@ from ..optimize import tune_cpu_allocator
 from ..preprocess import MODES
 from ..runtime import COMPILE_MODES, DEVICES
 from ..train.compare import compare
-from ..train.evaluate import evaluate_target
-from ..train.recipes import apply_settings, get_recipe, list_recipes, override
+from ..train.evaluate import EvalOptions, Evaluated, evaluate_target, evaluate_weights
+from ..train.recipes import PIPELINES, apply_settings, get_recipe, list_recipes, override
 from ..train.trainer import TrainOptions, resume_recipe, train
 from .common import non_negative_int, output_file, positive_float, positive_int, seed
 
 DEFAULT_RECIPE = "fast"
 TRAIN_LOGGER = "convzoo.train"
+# Above this many classes (ImageNet's 1,000) the eval report leaves out the classes without images.
+SHOWN_EMPTY = 100
 # Flags that change what a run is; a resumed run keeps what it was started with.
-_RUN_DEFINING = ("recipe", "data", "val_data", "batch_size", "lr", "seed", "weights", "freeze_epochs", "settings",
-                 "out", "overwrite")
+_RUN_DEFINING = ("recipe", "data", "val_data", "labels", "pipeline", "batch_size", "lr", "seed", "weights",
+                 "freeze_epochs", "settings", "out", "overwrite")
+DATA_HELP = ("a CIFAR folder or archive, cifar10/cifar100, an image folder (one subfolder per class, or flat with "
+             "--labels), or tar shards ('shards/*.tar' or 'train-{0000..0099}.tar')")
 
 
 def register(subparsers: Any) -> None:
     """Add the training verbs to the ``convzoo`` parser."""
     _register_train(subparsers)
-    p = subparsers.add_parser("eval", help="accuracy and confusion matrix of a run or checkpoint")
-    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    p.add_argument("--data", help="evaluate on this data's test split (default: the run's validation split)")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint of a run")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, n, per_class)")
-    p.add_argument("--preprocessing", choices=MODES,
-                   help="normalise with this mode instead of the one recorded with the weights (warns)")
-    p.set_defaults(func=cmd_eval)
-
+    _register_eval(subparsers)
     p = subparsers.add_parser("compare", help="markdown table and overlaid curves of several runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE.png", type=output_file(".png", what="the figure"),
@@ -59,15 +53,44 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_recipes)
 
 
+def _register_data(p: argparse.ArgumentParser) -> None:
+    """The flags that say how data is read, shared by train and eval."""
+    p.add_argument("--labels", metavar="CSV", help="labels of a flat image folder: rows of file name, label "
+                                                   "(a class name such as a WordNet id, or an index)")
+    p.add_argument("--pipeline", choices=PIPELINES, help="decode the images once into memory, or stream them "
+                                                         "from the files (default: auto, by their size)")
+    p.add_argument("--workers", type=non_negative_int,
+                   help="loader processes that decode streamed images (capped at the CPU cores; default 2)")
+
+
+def _register_eval(subparsers: Any) -> None:
+    p = subparsers.add_parser("eval", help="accuracy and confusion matrix of a run, a checkpoint or imported weights",
+                              description="Evaluate a run or checkpoint (RUN_DIR|CHECKPOINT), or imported weights "
+                                          "(--model NAME --weights FILE --data DIR).")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", nargs="?")
+    p.add_argument("--model", help="with --weights: the registered model the weights are imported into")
+    p.add_argument("--weights", help="with --model: a weights file (any format convzoo imports), scored without a run")
+    p.add_argument("--data", help=f"evaluate on this data ({DATA_HELP}); default: the run's validation split")
+    _register_data(p)
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint of a run")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="images per batch (default: 32 on the CPU, 256 on CUDA)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, n, per_class)")
+    p.add_argument("--preprocessing", choices=MODES,
+                   help="normalise with this mode instead of the one recorded with the weights (warns)")
+    p.set_defaults(func=cmd_eval)
+
+
 def _register_train(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="train a model (single process, or every rank under torchrun)",
                               description="Train a model with a recipe. Any recipe field can be set with "
                                           "--set FIELD=VALUE; `convzoo recipes NAME` lists the fields.")
     p.add_argument("--model", help="registered model name (default: the recipe's)")
     p.add_argument("--recipe", help=f"recipe name (default: {DEFAULT_RECIPE}); `convzoo recipes` lists them")
-    p.add_argument("--data", help="training data: a CIFAR folder or archive, cifar10/cifar100, or an image "
-                                  "folder (default: the embedded CIFAR-10 subset)")
+    p.add_argument("--data", help=f"training data: {DATA_HELP} (default: the embedded CIFAR-10 subset)")
     p.add_argument("--val-data", help="validation data (its test split); default: hold out val_fraction of --data")
+    _register_data(p)
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--batch-size", type=positive_int, help="global batch size (split over torchrun processes)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate")
@@ -79,7 +102,8 @@ def _register_train(subparsers: Any) -> None:
                    help="override a recipe field (repeatable)")
     p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace the run folder given by --out")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (only --epochs may change)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (only --epochs and --workers "
+                                                       "may change)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels-last memory format (default: on)")
@@ -98,21 +122,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         given = [f"--{name.replace('_', '-')}" for name in _RUN_DEFINING if getattr(args, name)]
         if given:
             raise ConfigError(f"--resume continues a run as it was started; {', '.join(given)} cannot change "
-                              f"(only --epochs can)")
-        recipe = resume_recipe(args.resume, args.model, args.epochs)
+                              f"(only --epochs and --workers can)")
+        recipe = resume_recipe(args.resume, args.model, args.epochs, args.workers)
     else:
         recipe = get_recipe(args.recipe or DEFAULT_RECIPE)
         if args.model and args.model != recipe.model:
             recipe = override(recipe, model=args.model, model_kwargs={})
         recipe = apply_settings(recipe, args.settings)
         flags = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                     freeze_epochs=args.freeze_epochs)
+                     freeze_epochs=args.freeze_epochs, pipeline=args.pipeline, workers=args.workers)
         recipe = override(recipe, **{k: v for k, v in flags.items() if v is not None})
-    opts = TrainOptions(recipe=recipe, data=args.data, val_data=args.val_data, out=args.out,
+    opts = TrainOptions(recipe=recipe, data=args.data, val_data=args.val_data, labels=args.labels, out=args.out,
                         overwrite=args.overwrite, resume=args.resume, weights=args.weights, device=args.device,
                         channels_last=args.channels_last, compile=args.compile, bf16=args.bf16,
                         deterministic=args.deterministic)
-    with _progress_lines_to_stdout():
+    with _progress_lines_to_stdout(), _warnings_as_lines():
         train(opts)
     return 0
 
@@ -120,23 +144,46 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``convzoo eval``: accuracy, per-class accuracy and the confusion matrix's file."""
     tune_cpu_allocator()
+    opts = EvalOptions(labels=args.labels, pipeline=args.pipeline or "auto",
+                       workers=2 if args.workers is None else args.workers, batch_size=args.batch_size,
+                       device=args.device, preprocessing=args.preprocessing)
+    imported = args.model is not None or args.weights is not None
+    if imported and (args.target or not (args.model and args.weights and args.data)):
+        raise ConfigError("expected either RUN_DIR|CHECKPOINT, or --model NAME --weights FILE --data DATA")
+    if not imported and not args.target:
+        raise ConfigError("expected a run folder or checkpoint to evaluate, or --model NAME --weights FILE --data DATA")
     with _warnings_as_lines():
-        result = evaluate_target(args.target, args.data, args.checkpoint, args.batch_size, args.device,
-                                 args.preprocessing)
+        result = (evaluate_weights(args.model, args.weights, args.data, opts) if imported
+                  else evaluate_target(args.target, args.data, args.checkpoint, opts))
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
+    _print_eval(result)
+    return 0
+
+
+def _print_eval(result: Evaluated) -> None:
+    """The report of ``convzoo eval``: totals, then one line per class that has images."""
     t = result.tally
     epoch = f" (epoch {result.epoch})" if result.epoch is not None else ""
     print(f"{result.model}, checkpoint {result.checkpoint}{epoch}")
-    print(f"data: {result.data}, {t.n} images")
+    skipped = f" ({result.skipped} unreadable images skipped)" if result.skipped else ""
+    print(f"data: {result.data}, {t.n} images{skipped}")
     print(f"top-1 {t.top1_acc:.4f}  top-5 {t.top5_acc:.4f}  loss {t.loss:.4f}")
+    counts = t.confusion.sum(1).tolist()
     width = max(len(c) for c in result.classes + ["class"])
     print(f"{'class':<{width}}  accuracy  images")
-    for name, acc, count in zip(result.classes, t.per_class(), t.confusion.sum(1).tolist()):
-        print(f"{name:<{width}}  {acc:8.4f}  {count:6d}" if count else f"{name:<{width}}  {'-':>8}  {0:6d}")
+    absent = 0
+    for name, acc, count in zip(result.classes, t.per_class(), counts):
+        if count:
+            print(f"{name:<{width}}  {acc:8.4f}  {count:6d}")
+        elif len(result.classes) > SHOWN_EMPTY:
+            absent += 1
+        else:
+            print(f"{name:<{width}}  {'-':>8}  {0:6d}")
+    if absent:
+        print(f"({absent} classes without images not shown)")
     print(f"confusion matrix: {result.confusion_png}")
-    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -184,16 +231,17 @@ def _progress_lines_to_stdout() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _warnings_as_lines() -> Iterator[None]:
-    """While inside, each :class:`ConvzooWarning` is printed as one ``convzoo: warning:`` line on stderr;
-    other warnings are shown as Python shows them."""
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvzooWarning)
-            yield
-    finally:
-        for w in caught:
-            if issubclass(w.category, ConvzooWarning):
-                print(f"convzoo: warning: {w.message}", file=sys.stderr)
+    """While inside, each :class:`ConvzooWarning` is printed at once as one ``convzoo: warning:`` line on
+    stderr; other warnings are shown as Python shows them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ConvzooWarning)
+        shown = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *rest: Any, **kwargs: Any) -> None:
+            if issubclass(category, ConvzooWarning):
+                print(f"convzoo: warning: {message}", file=sys.stderr, flush=True)
             else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+                shown(message, category, *rest, **kwargs)
+
+        warnings.showwarning = show
+        yield

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ RE_MODES = ("const", "pixel")
 _TIMM_LEVELS = 10
 _BINS = 31
 _RAND = re.compile(r"^(m|n|mstd)(\d+(?:\.\d+)?)$")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -87,6 +90,31 @@ class TrainAugment:
         return self
 
 
+def mix_seed(*words: int) -> int:
+    """A 64-bit seed mixed from non-negative integers (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of the augmentation of image ``index`` in ``epoch``."""
+    return mix_seed(seed, epoch, 0, index)
+
+
+def batch_seed(seed: int, epoch: int, step: int) -> int:
+    """The seed of the batch mix (mixup/cutmix) of global batch ``step`` in ``epoch``."""
+    return mix_seed(seed, epoch, 1, step)
+
+
+def seeded(transform: Callable[[T], R], image: T, seed: int | None) -> R:
+    """``transform(image)`` with the global torch generator seeded by ``seed`` (None: as it is), the
+    generator's state restored afterwards."""
+    if seed is None:
+        return transform(image)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return transform(image)
+
+
 class _RandAugmentNoise(nn.Module):
     """torchvision's RandAugment whose magnitude is drawn per image from a normal around ``level`` (timm's
     'mstd'), clipped to timm's 0..10 range."""
@@ -126,21 +154,63 @@ def auto_augment_transform(spec: str | None, fill: tuple[int, ...]) -> nn.Module
                       f"(sections optional), got {spec!r}")
 
 
-def _normalise(image: torch.Tensor, mode: str) -> torch.Tensor:
-    """A uint8 image (3, H, W) as the float model input of preprocessing ``mode`` (BGR for 'caffe')."""
-    return preprocess_input(image[None].float(), mode)[0]
+@dataclass(frozen=True)
+class Normalize:
+    """How RGB pixels in 0-255 become the model input: a preprocessing ``mode`` (Keras' ``preprocess_input``,
+    bit for bit as ``predict`` applies it), or, with ``mode`` None, per-channel ``mean`` and ``std`` in pixel
+    units in the model's channel order, BGR when ``bgr`` (``(x - mean) / std``, as the trainer's in-memory
+    loader computes it)."""
+
+    mode: str | None = None
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    bgr: bool = False
+    # mean and std as (1, C, 1, 1) tensors by (device, dtype), made once rather than copied at every batch.
+    _stats: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def stats(cls, mean: tuple[float, ...], std: tuple[float, ...], bgr: bool) -> "Normalize":
+        """Normalisation by per-channel statistics (pixel units, the model's channel order)."""
+        return cls(None, tuple(float(m) for m in mean), tuple(float(s) for s in std), bool(bgr))
+
+    def fill(self) -> tuple[int, ...]:
+        """The mean colour as RGB pixels: what uncovered areas of an augmented image are filled with."""
+        mean, _, bgr = mode_stats(self.mode) if self.mode is not None else (self.mean, self.std, self.bgr)
+        return tuple(int(round(m)) for m in (mean[::-1] if bgr else mean))
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float32 model inputs of RGB pixels (3, H, W) or (N, 3, H, W), any dtype, values 0-255."""
+        x = pixels.float()
+        single = x.dim() == 3
+        x = x[None] if single else x
+        if self.mode is not None:
+            x = preprocess_input(x, self.mode)
+        else:
+            key = (x.device, x.dtype)
+            if key not in self._stats:
+                self._stats[key] = tuple(torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+                                         for v in (self.mean, self.std))
+            mean, std = self._stats[key]
+            x = ((x.flip(1) if self.bgr else x) - mean) / std
+        return x[0] if single else x
+
+
+def as_normalize(normalize: str | Normalize) -> Normalize:
+    """A :class:`Normalize` for a preprocessing mode name or a :class:`Normalize` itself."""
+    return normalize if isinstance(normalize, Normalize) else Normalize(mode=normalize)
 
 
 class TrainTransform:
     """One training image: random-resized crop to ``size`` (H, W), flips, auto-augment or colour jitter on
-    the uint8 pixels (3, H, W); then normalisation with ``mode`` and random erasing. Uses the global torch
-    generator, which the data set seeds per image."""
+    the uint8 pixels (3, H, W); then normalisation (a preprocessing mode name or a :class:`Normalize`) and
+    random erasing. Uses the global torch generator, which the data set seeds per image."""
 
-    def __init__(self, augment: TrainAugment, size: tuple[int, int], interpolation: str, mode: str) -> None:
+    def __init__(self, augment: TrainAugment, size: tuple[int, int], interpolation: str,
+                 normalize: str | Normalize) -> None:
         augment = augment.validate()
         interpolation = augment.interpolation or interpolation
-        mean, _, bgr = mode_stats(mode)
-        fill = tuple(int(round(m)) for m in (mean[::-1] if bgr else mean))
+        self.normalize = as_normalize(normalize)
+        fill = self.normalize.fill()
         steps: list[nn.Module] = [v2.RandomResizedCrop(size, scale=augment.scale, ratio=augment.ratio,
                                                        interpolation=INTERPOLATIONS[interpolation], antialias=True)]
         if augment.hflip > 0:
@@ -153,23 +223,24 @@ class TrainTransform:
         elif augment.color_jitter > 0:
             steps.append(v2.ColorJitter(*(augment.color_jitter,) * 3))
         self.pixels = v2.Compose(steps)
-        self.mode = mode
         self.erase = (v2.RandomErasing(augment.re_prob, value=0 if augment.re_mode == "const" else "random")
                       if augment.re_prob > 0 else None)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """The model input (3, H, W) float32 of a decoded uint8 image (3, h, w)."""
-        x = _normalise(self.pixels(image), self.mode)
+        x = self.normalize(self.pixels(image))
         return self.erase(x) if self.erase is not None else x
 
 
 class EvalTransform:
     """One evaluation image exactly as :class:`ImageTransform` prepares it for ``predict``: the shorter side
     resized to ``size / crop_pct`` with the record's interpolation (Pillow, antialiased), the centre
-    ``size`` cropped, normalised with the record's mode. Deterministic."""
+    ``size`` cropped, normalised with the record's mode, or with ``normalize`` when given (a trained run's
+    statistics). Deterministic."""
 
-    def __init__(self, transform: ImageTransform) -> None:
+    def __init__(self, transform: ImageTransform, normalize: Normalize | None = None) -> None:
         self.transform = transform
+        self.normalize = normalize if normalize is not None else Normalize(mode=transform.mode)
 
     @classmethod
     def from_model(cls, model: Any, mode: str | None = None) -> "EvalTransform":
@@ -185,7 +256,7 @@ class EvalTransform:
         im = resize_cover_crop(Image.fromarray(image.permute(1, 2, 0).numpy()), outer, t.interpolation)
         top, left = (outer[0] - h) // 2, (outer[1] - w) // 2
         pixels = np.asarray(im, dtype=np.uint8)[top:top + h, left:left + w]
-        return _normalise(torch.from_numpy(pixels.copy()).permute(2, 0, 1), t.mode)
+        return self.normalize(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
 
 
 class BatchMix:
@@ -213,6 +284,11 @@ class BatchMix:
         if float(torch.rand(())) >= self.prob:
             return x, nn.functional.one_hot(y, self.num_classes).to(x.dtype)
         return self.mix(x, y)
+
+    def seeded(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``self(x, y)`` with the global torch generator seeded by ``seed`` (see :func:`batch_seed`) and left
+        as it was."""
+        return seeded(lambda batch: self(*batch), (x, y), seed)
 
 
 def batch_mix(augment: TrainAugment, num_classes: int) -> BatchMix | None:

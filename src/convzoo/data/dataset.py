@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,20 @@ class ArrayDataset:
         return ArrayDataset(self.images[index], self.labels[index], self.classes, self.skipped)
 
 
-def train_val_split(ds: ArrayDataset, val_fraction: float = 0.1, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-    """A fixed, seeded split: the same ``seed`` always holds out the same samples."""
+class Splittable(Protocol):
+    """A data set that can be split: its length, and the samples at given indices."""
+
+    def __len__(self) -> int: ...
+
+    def subset(self, index: torch.Tensor) -> Any: ...
+
+
+S = TypeVar("S", bound=Splittable)
+
+
+def train_val_split(ds: S, val_fraction: float = 0.1, seed: int = 0) -> tuple[S, S]:
+    """A fixed, seeded split of an :class:`ArrayDataset` or a ``FileList``: the same ``seed`` always holds out
+    the same samples (a ``torch.randperm`` of the indices; both parts keep the original order)."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     n_val = max(1, round(len(ds) * val_fraction))

@@ -4,6 +4,7 @@ anywhere below it, loaded into memory at one size."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from ..errors import DataError, ImageError
 from .dataset import ArrayDataset, check_size
+from .imagenet import FileList, few
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, open_image, resize_cover_crop
 
 log = logging.getLogger(__name__)
@@ -50,21 +52,45 @@ def load_image_folder(root: str | Path, size: tuple[int, int], *, resample: str 
     if classes is not None and found != list(classes):
         raise DataError(f"{root}: expected the classes of the training set ({', '.join(classes)}), "
                         f"found {', '.join(found)}")
+    return decode_images(root, files, found, size, lambda path: cover_pixels(path, size, resample, max_pixels),
+                         range(len(found)))
+
+
+def cover_pixels(path: Path, size: tuple[int, int], resample: str,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """The image at ``path`` scaled to cover ``size`` (H, W) and centre-cropped, as uint8 (3, H, W)."""
+    image = resize_cover_crop(open_image(path, max_pixels), size, resample)
+    return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
+
+
+def load_file_list(files: FileList, size: tuple[int, int],
+                   pixels: Callable[[Path], torch.Tensor]) -> ArrayDataset:
+    """The images of ``files`` decoded into memory by ``pixels`` (a path to uint8 (3, H, W) of ``size``:
+    :func:`cover_pixels`, or ``ImageTransform.pixels`` for the weights' evaluation transform), with the
+    labels and classes of ``files``. Unreadable files are skipped as in :func:`load_image_folder`; every
+    class that has files must keep one."""
+    items = [(files.path(i), int(files.labels[i])) for i in range(len(files))]
+    return decode_images(files.root, items, files.classes, check_size(size), pixels, np.unique(files.labels))
+
+
+def decode_images(root: Path, files: Sequence[tuple[Path, int]], classes: list[str], size: tuple[int, int],
+                  pixels: Callable[[Path], torch.Tensor], required: Iterable[int]) -> ArrayDataset:
+    """An :class:`ArrayDataset` of ``files`` (path, label) decoded by ``pixels``; files that raise
+    :class:`ImageError` are logged and listed as skipped. Raises :class:`DataError` when a class of
+    ``required`` (indices into ``classes``) keeps no image."""
     images = np.empty((len(files), 3, *size), np.uint8)
     labels, skipped = [], []
     for path, label in files:
         try:
-            image = resize_cover_crop(open_image(path, max_pixels), size, resample)
-            images[len(labels)] = np.asarray(image).transpose(2, 0, 1)
+            images[len(labels)] = pixels(path).numpy()
         except ImageError as exc:
             log.warning("skipped %s", exc)
             skipped.append(str(exc))
             continue
         labels.append(label)
-    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(found))
-    if (counts == 0).any():
-        empty = [found[i] for i in np.flatnonzero(counts == 0)]
-        raise DataError(f"{root}: expected at least one readable image per class, found none in "
-                        f"{', '.join(empty)}")
-    return ArrayDataset(torch.from_numpy(images[:len(labels)]), torch.tensor(labels, dtype=torch.int64), found,
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(classes))
+    empty = [classes[i] for i in required if counts[i] == 0]
+    if empty:
+        raise DataError(f"{root}: expected at least one readable image per class, found none in {few(empty)}")
+    return ArrayDataset(torch.from_numpy(images[:len(labels)]), torch.tensor(labels, dtype=torch.int64), classes,
                         skipped)

@@ -14,10 +14,12 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +51,11 @@ class FileList:
         """The file of sample ``index``."""
         return self.root / os.fsdecode(self.names[index])
 
+    def subset(self, index: Sequence[int] | np.ndarray | Any) -> "FileList":
+        """The samples at ``index`` (integers, or an int64 tensor), in that order."""
+        index = np.asarray(index, dtype=np.int64)
+        return FileList(self.root, self.names[index], self.labels[index], self.classes)
+
     def present(self) -> list[str]:
         """The names of the classes that have at least one file, in label order."""
         return [self.classes[i] for i in np.unique(self.labels)]
@@ -66,15 +73,31 @@ def imagenet_wnids() -> list[str]:
     return [wnid for wnid, _ in imagenet_classes()]
 
 
-def _few(names: list[str]) -> str:
-    shown = ", ".join(names[:SHOWN])
+def few(names: Sequence[str]) -> str:
+    """At most :data:`SHOWN` of ``names`` (each cut to 60 characters), and how many more there are."""
+    shown = ", ".join(n if len(n) <= 60 else n[:57] + "..." for n in names[:SHOWN])
     return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+
+
+def class_mismatch(expected: list[str], found: list[str]) -> str:
+    """How the classes ``found`` differ from those ``expected``, in a few words: the counts and at most a
+    few names each way (for one-line errors)."""
+    extra = [c for c in found if c not in set(expected)]
+    missing = [c for c in expected if c not in set(found)]
+    parts = [f"expected {_classes_named(expected)}, found {len(found)} classes"]
+    if extra:
+        parts.append(f"{len(extra)} not among them ({few(extra)})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({few(missing)})")
+    if not extra and not missing:
+        parts.append("the same names in another order")
+    return "; ".join(parts)
 
 
 def _classes_named(classes: list[str]) -> str:
     if classes == imagenet_wnids():
         return "the 1000 ImageNet classes (WordNet ids such as n01440764)"
-    return f"the model's {len(classes)} classes ({_few(classes)})"
+    return f"the model's {len(classes)} classes ({few(classes)})"
 
 
 def _visible(name: str) -> bool:
@@ -119,11 +142,11 @@ def scan_class_folders(root: str | Path, classes: list[str] | None = None, *, su
     unknown = [f for f in folders if f not in index]
     if unknown:
         raise DataError(f"{root}: expected class folders named as {_classes_named(classes)}, found {len(unknown)} "
-                        f"of {len(folders)} folders that are not: {_few(unknown)}")
+                        f"of {len(folders)} folders that are not: {few(unknown)}")
     if not subset and len(folders) != len(classes):
         missing = [c for c in classes if c not in set(folders)]
         raise DataError(f"{root}: expected a folder for each of {_classes_named(classes)}, found {len(folders)}; "
-                        f"missing {_few(missing)}")
+                        f"missing {few(missing)}")
     names, labels, empty = [], [], []
     for folder in folders:
         files = _image_files(root / folder, root)
@@ -133,7 +156,7 @@ def scan_class_folders(root: str | Path, classes: list[str] | None = None, *, su
         labels.extend([index[folder]] * len(files))
     if empty:
         raise DataError(f"{root}: expected image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in every class folder, "
-                        f"found none in {len(empty)} of {len(folders)}: {_few(empty)}")
+                        f"found none in {len(empty)} of {len(folders)}: {few(empty)}")
     return FileList(root, _as_array(names), np.asarray(labels, dtype=np.int64), list(classes))
 
 
@@ -201,7 +224,7 @@ def scan_labels_file(root: str | Path, labels_file: str | Path, classes: list[st
     short = [str(n) for n, row in enumerate(rows, 1) if len(row) < 2]
     if short:
         raise DataError(f"{labels_file}: expected two cells (file name, label) per row, found fewer in "
-                        f"{len(short)} rows (data rows {_few(short)})")
+                        f"{len(short)} rows (data rows {few(short)})")
     names, labels, missing, unknown, seen = [], [], [], [], set()
     for name, label_text, *_ in rows:
         name = name.strip()
@@ -220,11 +243,27 @@ def scan_labels_file(root: str | Path, labels_file: str | Path, classes: list[st
         labels.append(label)
     if missing:
         raise DataError(f"{labels_file}: expected files in {root}, found {len(missing)} of {len(rows)} rows naming "
-                        f"files that do not exist: {_few(missing)}")
+                        f"files that do not exist: {few(missing)}")
     if unknown:
         raise DataError(f"{labels_file}: expected labels among {_classes_named(classes)} or indices 0-"
-                        f"{len(classes) - 1}, found {len(unknown)} rows that are not: {_few(unknown)}")
+                        f"{len(classes) - 1}, found {len(unknown)} rows that are not: {few(unknown)}")
     unlabelled = len(set(by_name.values())) - len(names)
     if unlabelled:
         log.warning("%s: %d image files in %s are not in the labels file; left out", labels_file, unlabelled, root)
     return FileList(root, _as_array(names), np.asarray(labels, dtype=np.int64), list(classes))
+
+
+def labels_file_classes(root: str | Path, labels_file: str | Path) -> list[str]:
+    """The classes a labels file of ``file name, label`` rows names, for training on a flat folder: with
+    integer labels only, '0' up to the largest; otherwise the distinct labels (first word of the cell),
+    sorted. A first row whose file cell names no file below ``root`` is a header. Raises
+    :class:`DataError` for a file without rows."""
+    rows = [row for row in _read_rows(Path(labels_file)) if len(row) >= 2]
+    if rows and rows[0][0].strip() not in _files_by_name(Path(root)):
+        rows = rows[1:]
+    labels = sorted({(row[1].split() or [""])[0] for row in rows})
+    if not labels:
+        raise DataError(f"{labels_file}: expected rows of file name, label, found none")
+    if all(re.fullmatch(r"\d+", label) for label in labels):
+        return [str(i) for i in range(max(int(label) for label in labels) + 1)]
+    return labels

@@ -12,6 +12,7 @@ size, workers)``: a run resumed from the middle of an epoch must keep both.
 
 from __future__ import annotations
 
+import glob
 import random
 import tarfile
 import zlib
@@ -47,12 +48,27 @@ class ShardSet:
         return int(sum(self.counts))
 
 
+def is_shard_source(source: str | Path | None) -> bool:
+    """Whether a data source names tar shards: a ``.tar`` file, a glob (``shards/*.tar``) or a brace pattern
+    (``train-{0000..0146}.tar``), several joined by ``::``."""
+    return source is not None and str(source).endswith(".tar")
+
+
 def expand_shards(spec: str | Sequence[str]) -> list[Path]:
-    """The shard files a brace pattern (``train-{0000..0146}.tar``, ``::`` between patterns, webdataset's
-    ``expand_urls``) or a list of paths names. Raises :class:`DataError` if none is named or one is missing."""
+    """The shard files a pattern or a list of paths names: brace patterns (``train-{0000..0146}.tar``, as
+    webdataset's ``expand_urls``) and globs (``shards/*.tar``, sorted), ``::`` between patterns. Raises
+    :class:`DataError` if none is named, a glob matches nothing, or a named shard is missing."""
     from webdataset.shardlists import expand_urls
 
-    names = expand_urls(spec) if isinstance(spec, str) else [str(s) for s in spec]
+    names: list[str] = []
+    for part in (spec.split("::") if isinstance(spec, str) else [str(s) for s in spec]):
+        if isinstance(spec, str) and glob.has_magic(part):
+            found = sorted(glob.glob(part))
+            if not found:
+                raise DataError(f"expected tar shards matching {part}, found none")
+            names.extend(found)
+        else:
+            names.extend(expand_urls(part) if isinstance(spec, str) else [part])
     if not names:
         raise DataError(f"expected tar shards, found an empty list in {spec!r}")
     missing = [n for n in names if not Path(n).is_file()]
@@ -74,12 +90,12 @@ def _check_member(member: tarfile.TarInfo, path: Path) -> None:
         raise UnsafeFileError(f"{path}: expected regular files, found the link or special file {member.name!r}")
 
 
-def check_shard(path: str | Path, num_classes: int) -> list[int]:
+def check_shard(path: str | Path, num_classes: int | None) -> list[int]:
     """The labels of the samples of the shard at ``path``, in order, after checking every member.
 
     Raises :class:`UnsafeFileError` for a member that is absolute, has a ``..`` component, or is a link or
     device, and :class:`DataError` for an unreadable tar, a sample without an image or a ``.cls`` label, or
-    a label outside 0..num_classes-1.
+    a label outside 0..num_classes-1 (None: any class index).
     """
     path = Path(path)
     samples: dict[str, dict[str, bytes | None]] = {}
@@ -104,15 +120,17 @@ def check_shard(path: str | Path, num_classes: int) -> list[int]:
     return labels
 
 
-def _label(data: bytes, num_classes: int, where: str) -> int:
+def _label(data: bytes, num_classes: int | None, where: str) -> int:
     text = data.decode("utf-8", "replace").strip()
-    if not text.isdigit() or int(text) >= num_classes:
-        raise DataError(f"{where}: expected a class index 0-{num_classes - 1}, found {text[:20]!r}")
+    if not text.isascii() or not text.isdigit() or (num_classes is not None and int(text) >= num_classes):
+        bound = "" if num_classes is None else f" 0-{num_classes - 1}"
+        raise DataError(f"{where}: expected a class index{bound}, found {text[:20]!r}")
     return int(text)
 
 
-def open_shards(spec: str | Sequence[str], num_classes: int) -> ShardSet:
-    """The shards ``spec`` names (see :func:`expand_shards`), each checked by :func:`check_shard`."""
+def open_shards(spec: str | Sequence[str], num_classes: int | None) -> ShardSet:
+    """The shards ``spec`` names (see :func:`expand_shards`), each checked by :func:`check_shard` (labels
+    below ``num_classes``; None: any class index)."""
     paths = expand_shards(spec)
     labels = [check_shard(p, num_classes) for p in paths]
     if not any(labels):
@@ -219,7 +237,7 @@ def shard_loader(shards: ShardSet, transform: Callable[[torch.Tensor], torch.Ten
                  train: bool, seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 2,
                  device: torch.device | str = "cpu", channels_last: bool = False, mix: BatchMix | None = None,
                  prefetch: int = 2, buffer: int = SHUFFLE_BUFFER,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> StreamLoader:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, keep_empty: bool = False) -> StreamLoader:
     """A :class:`StreamLoader` over tar shards; ``batch_size`` is the global batch when ``train`` (split
     evenly over the ranks), else each process's. Workers are started anew each epoch (the epoch travels
     with the data set)."""
@@ -233,4 +251,4 @@ def shard_loader(shards: ShardSet, transform: Callable[[torch.Tensor], torch.Ten
     loader = make_loader(stream, workers=workers, device=device, prefetch=prefetch, persistent=False,
                          batch_size=local, drop_last=False)
     return StreamLoader(loader, stream, device=device, channels_last=channels_last, mix=mix,
-                        name=f"{len(shards.paths)} tar shards ({shards.paths[0]}, ...)")
+                        name=f"{len(shards.paths)} tar shards ({shards.paths[0]}, ...)", keep_empty=keep_empty)

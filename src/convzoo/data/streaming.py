@@ -31,8 +31,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from ..errors import ConfigError, ConvzooError, DataError, ImageError
-from .augment import BatchMix
+from ..errors import ConfigError, ConvzooError, ConvzooWarning, DataError, ImageError
+from .augment import BatchMix, batch_seed, mix_seed, sample_seed, seeded
 from .images import DEFAULT_MAX_PIXELS, open_image
 from .imagenet import FileList
 
@@ -62,7 +62,7 @@ def resolve_workers(workers: int) -> int:
     cores = usable_cores()
     if workers > cores:
         warnings.warn(f"workers {workers} is more than the {cores} CPU cores of this machine; using {cores}",
-                      stacklevel=2)
+                      ConvzooWarning, stacklevel=2)
         return cores
     return int(workers)
 
@@ -106,31 +106,6 @@ def decode_bytes(data: bytes, where: str, max_pixels: int | None = DEFAULT_MAX_P
         reason = str(exc).rsplit(", ", 1)[-1]
         raise ImageError(f"{where}: expected a complete image, found a damaged one ({type(exc).__name__}: "
                          f"{reason})") from None
-
-
-def mix_seed(*words: int) -> int:
-    """A 64-bit seed mixed from non-negative integers (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of the augmentation of image ``index`` in ``epoch``."""
-    return mix_seed(seed, epoch, 0, index)
-
-
-def batch_seed(seed: int, epoch: int, step: int) -> int:
-    """The seed of the batch mix (mixup/cutmix) of global batch ``step`` in ``epoch``."""
-    return mix_seed(seed, epoch, 1, step)
-
-
-def seeded(transform: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int | None) -> torch.Tensor:
-    """``transform(image)`` with the global torch generator seeded by ``seed`` (None: as it is), the
-    generator's state restored afterwards."""
-    if seed is None:
-        return transform(image)
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        return transform(image)
 
 
 class Ticket(NamedTuple):
@@ -309,11 +284,15 @@ class StreamLoader:
     orders (see :func:`folder_loader`). ``mix`` (mixup/cutmix) is applied to each batch on the device,
     seeded by :func:`batch_seed`; labels then become soft targets (N, classes). ``name`` names the source
     in errors. Iterating yields ``(x, y)``: x float32 (N, 3, H, W) (channels-last if asked), y int64 (N,).
+    A batch none of whose images could be read is left out, or with ``keep_empty`` yielded as empty
+    tensors x (0,) and y (0,), so that every process of a distributed run takes every step.
     """
 
     def __init__(self, loader: DataLoader, schedule: Schedule, *, device: torch.device | str = "cpu",
-                 channels_last: bool = False, mix: BatchMix | None = None, name: str = "data") -> None:
+                 channels_last: bool = False, mix: BatchMix | None = None, name: str = "data",
+                 keep_empty: bool = False) -> None:
         self.loader, self.schedule, self.mix, self.name = loader, schedule, mix, name
+        self.keep_empty = keep_empty
         self.device, self.channels_last = torch.device(device), channels_last
         self.stats = EpochStats(0, 0, schedule.steps)
 
@@ -333,6 +312,8 @@ class StreamLoader:
                 step += 1
                 if batch is not None:
                     yield batch
+                elif self.keep_empty:
+                    yield torch.empty(0, device=self.device), torch.empty(0, dtype=torch.int64, device=self.device)
         except RuntimeError as exc:
             if "DataLoader worker" not in str(exc):
                 raise
@@ -355,9 +336,7 @@ class StreamLoader:
         x = raw.images.to(self.device, non_blocking=True)
         y = raw.labels.to(self.device, non_blocking=True)
         if self.mix is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(batch_seed(self.schedule.seed, self.schedule.epoch, step))
-                x, y = self.mix(x, y)
+            x, y = self.mix.seeded(x, y, batch_seed(self.schedule.seed, self.schedule.epoch, step))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
@@ -386,16 +365,19 @@ def make_loader(dataset: Dataset, *, workers: int, device: torch.device, prefetc
 def folder_loader(files: FileList, transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int, *,
                   train: bool, seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 2,
                   device: torch.device | str = "cpu", channels_last: bool = False, mix: BatchMix | None = None,
-                  prefetch: int = 2, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> StreamLoader:
+                  prefetch: int = 2, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  keep_empty: bool = False, persistent: bool = True) -> StreamLoader:
     """A :class:`StreamLoader` over the files of ``files``, decoded by ``workers`` processes (capped at the
-    cores, see :func:`resolve_workers`; 0: in this process) that persist across epochs and load
-    ``prefetch`` batches each ahead. See :class:`EpochBatches` for ``train``, ``seed``, ``rank`` and
-    ``world_size``; ``transform`` is an ``augment.TrainTransform`` or ``augment.EvalTransform``."""
+    cores, see :func:`resolve_workers`; 0: in this process) that persist across epochs (unless
+    ``persistent`` is False: started for each pass) and load ``prefetch`` batches each ahead. See :class:`EpochBatches` for ``train``, ``seed``, ``rank`` and
+    ``world_size``, :class:`StreamLoader` for ``keep_empty``; ``transform`` is an ``augment.TrainTransform``
+    or ``augment.EvalTransform``."""
     batches = EpochBatches(len(files), batch_size, train=train, seed=seed, rank=rank, world_size=world_size)
     device = torch.device(device)
     loader = make_loader(ImageFileDataset(files, transform, max_pixels), workers=resolve_workers(workers),
-                         device=device, prefetch=prefetch, persistent=True, batch_sampler=batches)
-    return StreamLoader(loader, batches, device=device, channels_last=channels_last, mix=mix, name=str(files.root))
+                         device=device, prefetch=prefetch, persistent=persistent, batch_sampler=batches)
+    return StreamLoader(loader, batches, device=device, channels_last=channels_last, mix=mix, name=str(files.root),
+                        keep_empty=keep_empty)
 
 
 def in_memory_bytes(n_images: int, size: tuple[int, int], channels: int = 3) -> int:

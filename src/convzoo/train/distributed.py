@@ -21,6 +21,10 @@ from torch import nn
 from ..errors import ConfigError
 
 
+# A gloo process group beside nccl's, for small host-side sums (see host_sum); None when gloo is the default.
+_host_group: Any = None
+
+
 @dataclass(frozen=True)
 class DistEnv:
     """This process's place in the job: rank 0 of 1 when not distributed."""
@@ -52,6 +56,8 @@ def init_distributed(use_cuda: bool) -> DistEnv:
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+    global _host_group
+    _host_group = dist.new_group(backend="gloo") if use_cuda else None
     return env
 
 
@@ -71,6 +77,15 @@ def all_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if env.enabled:
         dist.all_reduce(t)
     return t
+
+
+def host_sum(values: list[int], env: DistEnv) -> list[int]:
+    """Integers summed over the ranks on the host (over gloo, so a GPU run does not wait for its queue)."""
+    if not env.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(t, group=_host_group)
+    return t.tolist()
 
 
 def broadcast(obj: Any, env: DistEnv) -> Any:

@@ -1,4 +1,10 @@
-"""``convzoo eval``: top-1, top-5, per-class accuracy and a confusion matrix of a run or a checkpoint."""
+"""``convzoo eval``: top-1, top-5, per-class accuracy and a confusion matrix of a run, a checkpoint, or
+imported weights.
+
+The images are decoded once into memory or streamed from the files by loader processes (``pipeline``),
+with the same pixels either way: the streamed evaluation transform is the in-memory one
+(``ImageTransform``), image by image.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..data import ArrayDataset, BatchLoader
-from ..errors import CheckpointError, ConfigError, ConvzooWarning, DataError
+from ..data import ArrayDataset
+from ..data.augment import Normalize
+from ..data.imagenet import imagenet_wnids
+from ..data.streaming import StreamLoader, resolve_workers
+from ..data.transforms import ImageTransform
+from ..errors import CheckpointError, ConfigError, ConvzooWarning
+from ..factory import create_model
 from ..optimize import optimize_for_inference
 from ..preprocess import MODES, mode_stats, recorded_preprocessing
 from ..runtime import bf16_pays, resolve_device
 from ..weights import load_checkpoint
 from .build import build_model
-from .data import DataSpec, load_eval_data, load_run_data, resample_for, to_bgr
+from .data import DataSpec, Source, eval_batches, open_eval_data, open_run_data, resample_for
 from .extras import require
 from .metrics import Tally, evaluate
 from .plots import plot_confusion
@@ -26,9 +36,15 @@ from .recipes import from_dict
 from .runfolder import CONFIG_FILE, WEIGHTS_FILE, find_checkpoint, load_model_weights, read_config, read_state
 
 
+# The default batch by device: on the CPU a larger batch gains little and costs memory (an Xception at 299
+# evaluating batches of 32 peaks at 2.4 GB, and the activations grow with the batch); a GPU wants large batches.
+BATCH_SIZES = {"cpu": 32, "cuda": 256}
+
+
 @dataclass
 class Evaluated:
-    """What was evaluated, on what, and the tally; ``confusion_png`` is where the matrix was drawn."""
+    """What was evaluated, on what, and the tally; ``confusion_png`` is where the matrix was drawn and
+    ``skipped`` the number of unreadable images left out."""
 
     model: str
     checkpoint: Path
@@ -37,13 +53,29 @@ class Evaluated:
     classes: list[str]
     tally: Tally
     confusion_png: Path
+    skipped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """top1, top5, n, per-class accuracy and the provenance, JSON-friendly."""
         per_class = {c: (None if a != a else a) for c, a in zip(self.classes, self.tally.per_class())}
         return dict(top1=self.tally.top1_acc, top5=self.tally.top5_acc, n=self.tally.n, per_class=per_class,
                     model=self.model, checkpoint=str(self.checkpoint), epoch=self.epoch, data=self.data,
-                    confusion_png=str(self.confusion_png))
+                    confusion_png=str(self.confusion_png), skipped=self.skipped)
+
+
+@dataclass
+class EvalOptions:
+    """How to read the evaluation data: ``labels`` (the CSV of a flat folder), ``pipeline`` ('auto',
+    'memory' or 'stream'), loader ``workers``, ``batch_size`` (None: :data:`BATCH_SIZES` for the device),
+    ``device`` ('auto', 'cpu' or 'cuda') and ``preprocessing`` (a mode overriding the recorded one, with a
+    :class:`ConvzooWarning` when it differs)."""
+
+    labels: str | None = None
+    pipeline: str = "auto"
+    workers: int = 2
+    batch_size: int | None = None
+    device: str = "auto"
+    preprocessing: str | None = None
 
 
 @dataclass
@@ -53,52 +85,72 @@ class _Target:
     checkpoint: Path
     epoch: int | None
     classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    bgr: bool
-    input_size: tuple[int, int]
-    resample: str
+    transform: ImageTransform
+    normalize: Normalize
+    recorded: str
     spec: DataSpec | None
     png: Path
 
 
 def evaluate_target(target: str | Path, data: str | Path | None = None, which: str = "best",
-                    batch_size: int = 256, device: str = "auto", preprocessing: str | None = None) -> Evaluated:
+                    opts: EvalOptions = EvalOptions()) -> Evaluated:
     """Evaluate a run folder (its ``which`` checkpoint), a checkpoint folder inside a run, or a checkpoint
-    file, on ``data``'s test split, or without ``data`` on the run's validation split.
+    file, on ``data`` (CIFAR's test split, an image folder, a flat folder with ``opts.labels``, tar
+    shards), or without ``data`` on the run's validation split.
 
-    Inputs are normalised as recorded with the weights: the run's normalisation, a checkpoint's own
-    (``extra`` mean/std written by the trainer), else its weight record's preprocessing (``weights_meta``,
-    else ``default_cfg``). ``preprocessing`` overrides that with a mode, with a :class:`ConvzooWarning` when
-    it differs. On ``device`` ('auto': CUDA when available, 'cpu' or 'cuda') a BatchNorm-folded,
-    channels-last copy of the model runs, under bfloat16 autocast on CUDA. The confusion matrix is drawn
-    beside the checkpoint (``confusion_png``). Raises :class:`CheckpointError`, :class:`ConfigError`,
-    :class:`DataError`, or :class:`MissingDependencyError` without matplotlib."""
+    Inputs are prepared as the run validated: scaled to cover the run's input size, centre-cropped, and
+    normalised with the run's statistics, a checkpoint's own (``extra`` mean/std written by the trainer), or
+    its weight record's preprocessing. On ``opts.device`` a BatchNorm-folded, channels-last copy of the model
+    runs, under bfloat16 autocast on CUDA. The confusion matrix is drawn beside the checkpoint. Raises
+    :class:`CheckpointError`, :class:`ConfigError`, :class:`DataError`, or :class:`MissingDependencyError`
+    without matplotlib."""
     if which not in ("best", "last"):
         raise ConfigError(f"checkpoint must be best or last, got {which!r}")
-    dev = resolve_device(device)
     require("matplotlib", purpose="convzoo eval")
-    t = _resolve(Path(target), which)
-    if preprocessing is not None:
-        t.mean, t.std, t.bgr = _override(t, preprocessing)
+    return _score(_resolve(Path(target), which), data, opts)
+
+
+def evaluate_weights(model_name: str, weights: str | Path, data: str | Path,
+                     opts: EvalOptions = EvalOptions()) -> Evaluated:
+    """Score weights imported into ``model_name`` (``create_model(model_name, weights=weights)``) on ``data``,
+    without a run: each image prepared by the weights' own evaluation transform, as ``predict`` prepares it
+    (shorter side to size / crop_pct with the record's interpolation, centre crop, the record's
+    preprocessing). For a 1000-class model without class names the classes are ImageNet's WordNet ids, so
+    a folder of wnid class folders (all of them, or some: a subset evaluation) or a flat folder with a labels
+    file of wnids or indices is scored directly. The confusion matrix is drawn beside the weights file."""
+    require("matplotlib", purpose="convzoo eval")
+    model = create_model(model_name, weights=weights).eval()
+    names = getattr(model, "class_names", None)
+    classes = list(names) if names else imagenet_wnids() if model.num_classes == 1000 else \
+        [str(i) for i in range(model.num_classes)]
+    transform = ImageTransform.from_model(model)
+    path = Path(weights)
+    target = _Target(model, model.default_cfg.name, path, None, classes, transform, Normalize(mode=transform.mode),
+                     transform.mode, None, path.with_name(f"{path.stem}.confusion.png"))
+    return _score(target, data, opts)
+
+
+def _score(t: _Target, data: str | Path | None, opts: EvalOptions) -> Evaluated:
+    """Evaluate target ``t`` on ``data`` (None: its run's validation split) as ``opts`` says."""
+    dev = resolve_device(opts.device)
+    if opts.preprocessing is not None:
+        t.normalize = _override(t, opts.preprocessing)
     if data is not None:
-        ds = load_eval_data(data, t.input_size, t.resample)
+        source: Source = open_eval_data(str(data), t.classes, t.transform, labels=opts.labels, pipeline=opts.pipeline)
         described = str(data)
     elif t.spec is not None:
-        ds = load_run_data(t.spec)[1]
+        source = open_run_data(t.spec)[1].val
         described = f"validation split of the run ({t.spec.describe()})"
     else:
-        raise ConfigError(f"{target} is not inside a run folder: pass --data to evaluate it")
-    if t.bgr:
-        ds = to_bgr(ds)
-    if ds.classes != t.classes:
-        raise DataError(f"{described}: expected the classes the model was trained on ({', '.join(t.classes)}), "
-                        f"found {', '.join(ds.classes)}")
-    tally = evaluate(optimize_for_inference(t.model).to(dev), _batches(ds, t, batch_size, dev), len(t.classes),
-                     bf16=bf16_pays(dev))
-    plot_confusion(tally.confusion, t.classes, t.png,
-                   f"{t.name}: top-1 {tally.top1_acc:.4f} on {tally.n} images")
-    return Evaluated(t.name, t.checkpoint, t.epoch, described, t.classes, tally, t.png)
+        raise ConfigError(f"{t.checkpoint} is not inside a run folder: pass --data to evaluate it")
+    batch_size = opts.batch_size or BATCH_SIZES[dev.type]
+    batches = eval_batches(source, t.transform, t.normalize, batch_size, device=dev,
+                           workers=resolve_workers(opts.workers))
+    tally = evaluate(optimize_for_inference(t.model).to(dev), batches, len(t.classes), bf16=bf16_pays(dev))
+    skipped = len(batches.stats.skipped) if isinstance(batches, StreamLoader) else \
+        len(source.skipped) if isinstance(source, ArrayDataset) else 0
+    plot_confusion(tally.confusion, t.classes, t.png, f"{t.name}: top-1 {tally.top1_acc:.4f} on {tally.n} images")
+    return Evaluated(t.name, t.checkpoint, t.epoch, described, t.classes, tally, t.png, skipped)
 
 
 def _mode_of(mean: tuple[float, ...], std: tuple[float, ...], bgr: bool) -> str:
@@ -110,19 +162,15 @@ def _mode_of(mean: tuple[float, ...], std: tuple[float, ...], bgr: bool) -> str:
     return f"mean {list(mean)} std {list(std)}"
 
 
-def _override(t: _Target, mode: str) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
+def _override(t: _Target, mode: str) -> Normalize:
     """The normalisation of ``mode``, with a :class:`ConvzooWarning` when it differs from the one recorded
     for ``t``."""
-    recorded = _mode_of(t.mean, t.std, t.bgr)
-    if recorded != mode:
-        warnings.warn(f"--preprocessing {mode} differs from the {recorded!r} preprocessing recorded with "
-                      f"{t.checkpoint}; using {mode!r}", ConvzooWarning, stacklevel=3)
-    mean, std, bgr = mode_stats(mode)
-    return tuple(mean), tuple(std), bgr
-
-
-def _batches(ds: ArrayDataset, t: _Target, batch_size: int, device: torch.device) -> BatchLoader:
-    return BatchLoader(ds, batch_size, mean=t.mean, std=t.std, device=device, channels_last=True)
+    if mode not in MODES:
+        raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if t.recorded != mode:
+        warnings.warn(f"--preprocessing {mode} differs from the {t.recorded!r} preprocessing recorded with "
+                      f"{t.checkpoint}; using {mode!r}", ConvzooWarning, stacklevel=4)
+    return Normalize(mode=mode)
 
 
 def _resolve(path: Path, which: str) -> _Target:
@@ -147,8 +195,10 @@ def _from_run(run_dir: Path, checkpoint: Path, png: Path) -> _Target:
     load_model_weights(model, found)
     spec = DataSpec.from_dict(config["data"])
     norm = config["normalization"]
-    return _Target(model, config["model"], found, read_state(found)["epoch"], config["classes"],
-                   tuple(norm["mean"]), tuple(norm["std"]), norm["bgr"], spec.input_size, spec.resample, spec, png)
+    mean, std, bgr = tuple(norm["mean"]), tuple(norm["std"]), norm["bgr"]
+    transform = ImageTransform(spec.input_size, 1.0, spec.resample, model.default_cfg.preprocessing)
+    return _Target(model, config["model"], found, read_state(found)["epoch"], config["classes"], transform,
+                   Normalize.stats(mean, std, bgr), _mode_of(mean, std, bgr), spec, png)
 
 
 def _from_checkpoint(path: Path) -> _Target:
@@ -156,10 +206,14 @@ def _from_checkpoint(path: Path) -> _Target:
     info = model.checkpoint_info
     cfg = model.default_cfg
     mode = recorded_preprocessing(model)
-    mean, std, bgr = mode_stats(mode)
-    mean, std = info.extra.get("mean", mean), info.extra.get("std", std)
+    if mode not in MODES and not {"mean", "std"} <= info.extra.keys():
+        raise CheckpointError(f"{info.path}: no normalisation known for preprocessing {mode!r}")
+    normalize = Normalize(mode=mode)
+    if {"mean", "std"} <= info.extra.keys():
+        normalize = Normalize.stats(info.extra["mean"], info.extra["std"], info.extra.get("bgr", False))
+        mode = _mode_of(normalize.mean, normalize.std, normalize.bgr)
     classes = info.class_names or [str(i) for i in range(model.num_classes)]
-    return _Target(model, info.model, info.path, info.extra.get("epoch"), classes, tuple(mean), tuple(std),
-                   info.extra.get("bgr", bgr), tuple(cfg.input_size[1:]),
-                   resample_for((getattr(model, "weights_meta", None) or cfg).interpolation), None,
+    interpolation = resample_for((getattr(model, "weights_meta", None) or cfg).interpolation)
+    transform = ImageTransform(tuple(cfg.input_size[1:]), 1.0, interpolation, recorded_preprocessing(model))
+    return _Target(model, info.model, info.path, info.extra.get("epoch"), classes, transform, normalize, mode, None,
                    info.path.with_name(f"{info.path.stem}.confusion.png"))

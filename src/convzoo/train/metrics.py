@@ -17,7 +17,9 @@ from ..runtime import autocast
 from ..utils.fileio import atomic_write_text
 
 COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "img_per_s", "seconds",
-           "wall_time")
+           "wall_time", "skipped")
+# Columns that runs recorded before they existed lack; such a row counts them as 0.
+NEW_COLUMNS = {"skipped": 0}
 
 
 @dataclass
@@ -93,14 +95,15 @@ def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: _fmt(row[k]) for k in COLUMNS})
+        writer.writerow({k: _fmt(row[k] if k in row else NEW_COLUMNS[k]) for k in COLUMNS})
     atomic_write_text(path, buf.getvalue())
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
     """The rows of a ``metrics.csv``, as numbers."""
     with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (int(v) if k in ("epoch", "skipped") else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def _fmt(v: Any) -> str:

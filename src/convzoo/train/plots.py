@@ -14,6 +14,10 @@ import torch
 from ..utils.fileio import atomic_write
 
 
+# Confusion matrices of up to this many classes are drawn whole.
+ALL_CLASSES_UP_TO = 100
+
+
 def _figure(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -52,7 +56,13 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = ""
 
 
 def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: Path, title: str = "") -> None:
-    """The confusion matrix (rows: true class, columns: prediction) as fractions of each true class."""
+    """The confusion matrix (rows: true class, columns: prediction) as fractions of each true class. Of more
+    than :data:`ALL_CLASSES_UP_TO` classes (ImageNet's 1,000, a subset evaluated), only those with images or
+    predictions are drawn."""
+    if len(classes) > ALL_CLASSES_UP_TO:
+        keep = ((confusion.sum(0) + confusion.sum(1)) > 0).nonzero().flatten()
+        confusion, classes = confusion[keep][:, keep], [classes[i] for i in keep.tolist()]
+        title = f"{title} ({len(classes)} classes with images or predictions)" if title else title
     n = len(classes)
     side = min(max(5.0, 0.45 * n + 2), 30.0)
     fig = _figure(side + 1, side)

@@ -15,11 +15,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.augment import TrainAugment
+from ..data.streaming import PIPELINES as STREAM_PIPELINES
 from ..errors import ConfigError
 from ..preprocess import CIFAR_MEAN, CIFAR_STD
 from ..utils.typed import coerce
 
 OPTIMIZERS = ("sgd", "adamw")
+PIPELINES = ("auto", *STREAM_PIPELINES)
+# Seeds are non-negative signed 64-bit integers (what torch.manual_seed and numpy's SeedSequence both take).
+MAX_SEED = 2 ** 63 - 1
 SCHEDULES = ("step", "cosine", "linear", "constant")
 # Command-line words for None (in a field that may be None) and for booleans.
 NONE_WORDS = ("none", "null", "")
@@ -51,6 +56,18 @@ class Recipe:
     DistributedDataParallel, BatchNorm statistics over the global batch rather than each rank's shard.
     ``model_kwargs`` go to ``create_model`` (JSON values; tables such as Xception's ``blocks`` as lists
     of objects).
+
+    The data pipeline: ``pipeline`` 'memory' decodes the data once into memory at the training size,
+    'stream' decodes image files on the fly in ``workers`` loader processes, 'auto' streams an image folder
+    whose images would not fit in memory at the training size (``data.streaming.choose_pipeline``); CIFAR
+    is always in memory, tar shards always stream. ``flip``, ``shift`` and ``cutout`` augment in-memory
+    data; streamed images get the ImageNet augmentation of the fields named as timm's (``scale``,
+    ``ratio``, ``hflip``, ``vflip``, ``color_jitter``, ``auto_augment``, ``interpolation``, ``re_prob``,
+    ``re_mode``: see ``data.augment.TrainAugment``). ``mixup``/``cutmix`` (with ``mixup_prob`` and
+    ``mixup_switch_prob``) mix the batches of either pipeline; the loss then takes soft targets and the
+    training accuracy counts agreement with each mixed target's larger class. ``checkpoint_every_min``: also
+    write ``last/`` every that many minutes inside an epoch (0: at epoch ends only), so that ``--resume``
+    continues from the middle of a long epoch.
     """
 
     name: str = "custom"
@@ -83,6 +100,22 @@ class Recipe:
     seed: int = 0
     freeze_epochs: int = 0
     sync_bn: bool = True
+    pipeline: str = "auto"
+    workers: int = 2
+    checkpoint_every_min: float = 0.0
+    scale: tuple[float, float] = TrainAugment.scale
+    ratio: tuple[float, float] = TrainAugment.ratio
+    hflip: float = TrainAugment.hflip
+    vflip: float = TrainAugment.vflip
+    color_jitter: float = TrainAugment.color_jitter
+    auto_augment: str | None = TrainAugment.auto_augment
+    interpolation: str | None = TrainAugment.interpolation
+    re_prob: float = TrainAugment.re_prob
+    re_mode: str = TrainAugment.re_mode
+    mixup: float = TrainAugment.mixup
+    cutmix: float = TrainAugment.cutmix
+    mixup_prob: float = TrainAugment.mixup_prob
+    mixup_switch_prob: float = TrainAugment.mixup_switch_prob
 
     def validate(self) -> "Recipe":
         """Raise :class:`ConfigError` for a value no run could use; return the recipe."""
@@ -106,11 +139,24 @@ class Recipe:
             (self.std is None or all(s > 0 for s in self.std), f"std must be positive, got {self.std}"),
             (self.input_size is None or (len(self.input_size) == 2 and min(self.input_size) > 0),
              f"input_size must be two positive integers H,W, got {self.input_size}"),
+            *((0 <= value <= MAX_SEED, f"{name} must lie in 0..{MAX_SEED} (torch's seed range), got {value}")
+              for name, value in (("seed", self.seed), ("split_seed", self.split_seed))),
+            (self.pipeline in PIPELINES, f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.checkpoint_every_min >= 0, f"checkpoint_every_min must be >= 0, got {self.checkpoint_every_min}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"recipe {self.name}: {message}")
+        try:
+            self.augment()
+        except ConfigError as e:
+            raise ConfigError(f"recipe {self.name}: {e}") from None
         return self
+
+    def augment(self) -> TrainAugment:
+        """The streaming augmentation these fields describe (validated)."""
+        return TrainAugment(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainAugment)}).validate()
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as JSON-friendly values (tuples become lists)."""

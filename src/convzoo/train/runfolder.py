@@ -5,16 +5,24 @@ A checkpoint is a folder (``last/``, ``best/``) holding ``model.safetensors`` (a
 ``convzoo.load_checkpoint`` rebuilds the model from it) and ``state.pt`` (optimizer, RNG, loader epoch,
 history: what resuming needs). Both files are written into a temporary folder, then the folder replaces the
 old one by two renames; if a crash falls between them, the old folder (``.last.old``) is still complete and
-is used.
+is used. A write that fails (a full disk, a read-only folder) is one :class:`OutputError` line naming the
+checkpoint or file, and leaves the last complete checkpoint as it was.
+
+A run folder has one writer: the process holding the exclusive ``flock`` on its ``run.lock``
+(:class:`RunLock`), from the start of the run to its end. The kernel releases the lock when that process
+dies, so a killed run can always be resumed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputError
 from ..utils.fileio import atomic_write, complete_folder, ensure_dir, fsync_dir, previous_version
 from ..weights import save_checkpoint
 from .metrics import write_history
@@ -34,6 +42,10 @@ STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
+LOCK_FILE = "run.lock"
+# How long acquiring a lock waits for the loader processes of a killed holder to exit (they check for
+# their parent every few seconds).
+ORPHAN_WAIT_S = 15.0
 STATE_FORMAT = 1
 # curves.png is redrawn at most this often (and after the last epoch): drawing takes ~0.3 s, as long as
 # a whole epoch of the fast recipe on a GPU.
@@ -58,23 +70,39 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
+def os_reason(exc: BaseException) -> str:
+    """The operating system's reason for a failed write: the ``strerror`` of an ``OSError``, or of the one an
+    :class:`OutputError` replaced (its ``__context__``)."""
+    cause = exc if isinstance(exc, OSError) else exc.__context__
+    if isinstance(cause, OSError):
+        return cause.strerror or type(cause).__name__
+    return str(exc)
+
+
 def write_checkpoint(folder: Path, model: nn.Module, classes: list[str], extra: dict[str, Any],
                      model_args: dict[str, Any], state: dict[str, Any]) -> None:
     """Replace checkpoint ``folder`` (e.g. ``run/last``) with ``model``'s weights, as a convzoo checkpoint
-    that ``load_checkpoint`` rebuilds from ``model_args``, and the run ``state``."""
+    that ``load_checkpoint`` rebuilds from ``model_args``, and the run ``state``. Raises
+    :class:`OutputError` naming ``folder`` (never the temporary one) when it cannot be written; the old
+    checkpoint is then left as it was."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     old = previous_version(folder)
-    shutil.rmtree(tmp, ignore_errors=True)
-    ensure_dir(tmp)
-    save_checkpoint(model, tmp / WEIGHTS_FILE, classes, extra, model_args)
-    # The atomic write fsyncs the folder too, making both files' entries durable.
-    atomic_write(tmp / STATE_FILE, lambda f: torch.save({"format": STATE_FORMAT, **state}, f))
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    fsync_dir(folder.parent)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        ensure_dir(tmp)
+        save_checkpoint(model, tmp / WEIGHTS_FILE, classes, extra, model_args)
+        # The atomic write fsyncs the folder too, making both files' entries durable.
+        atomic_write(tmp / STATE_FILE, lambda f: torch.save({"format": STATE_FORMAT, **state}, f))
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        fsync_dir(folder.parent)
+    except (OSError, OutputError) as exc:
+        raise OutputError(f"cannot write checkpoint {folder}: {os_reason(exc)}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -82,6 +110,19 @@ def find_checkpoint(folder: Path) -> Path | None:
     """The complete checkpoint folder for ``folder``: itself, or its predecessor if a crash interrupted the
     swap; None if there is none."""
     return complete_folder(folder, (WEIGHTS_FILE, STATE_FILE))
+
+
+def position(state: dict[str, Any]) -> tuple[int, int]:
+    """How far the run of a checkpoint's ``state`` had come: (epochs finished, batches of the next one)."""
+    partial = state.get("partial")
+    return state["epoch"], partial["step"] if partial else 0
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint of ``run_dir`` (``last/``, or ``best/`` when a failed write left ``last/``
+    behind or without one) that is furthest into the run; None if there is none."""
+    found = [c for c in (find_checkpoint(Path(run_dir) / name) for name in ("last", "best")) if c is not None]
+    return max(found, key=lambda c: position(read_state(c)), default=None)
 
 
 def read_state(folder: Path) -> dict[str, Any]:
@@ -119,15 +160,22 @@ class RunWriter:
     """Rank 0's writer of a run folder's per-epoch files: the ``best/`` and ``last/`` checkpoints,
     ``metrics.csv``, the TensorBoard scalars (step: the epoch) and ``curves.png`` (redrawn at most every
     :data:`PLOT_EVERY_S` seconds, and after the last epoch). A context manager: leaving it closes the
-    TensorBoard file."""
+    TensorBoard file. Every write that fails raises :class:`OutputError` naming the file or folder."""
 
     def __init__(self, folder: Path, classes: list[str], model_args: dict[str, Any], title: str,
                  start_epoch: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.folder, self.classes, self.model_args, self.title = Path(folder), classes, model_args, title
-        # A resumed run drops the scalars its interrupted session wrote after its last checkpoint.
-        self.scalars = SummaryWriter(log_dir=str(folder), purge_step=start_epoch + 1 if start_epoch else None)
+        self.hook = threading.excepthook
+        threading.excepthook = self._quiet_event_thread
+        try:
+            # A resumed run drops the scalars its interrupted session wrote after its last checkpoint.
+            self.scalars = self._events(SummaryWriter, log_dir=str(folder),
+                                        purge_step=start_epoch + 1 if start_epoch else None)
+        except OutputError:
+            threading.excepthook = self.hook
+            raise
         self.plotted = -math.inf
 
     def record(self, model: nn.Module, extra: dict[str, Any], state: dict[str, Any], improved: bool,
@@ -138,18 +186,125 @@ class RunWriter:
         # recomputes the same epoch and rewrites best identically.
         if improved:
             write_checkpoint(self.folder / "best", model, self.classes, extra, self.model_args, state)
-        write_checkpoint(self.folder / "last", model, self.classes, extra, self.model_args, state)
+        self.checkpoint(model, extra, state)
         history = state["history"]
         write_history(self.folder / METRICS_FILE, history)
         for tag, key in TENSORBOARD_TAGS.items():
-            self.scalars.add_scalar(tag, history[-1][key], state["epoch"])
-        self.scalars.flush()
+            self._events(self.scalars.add_scalar, tag, history[-1][key], state["epoch"])
+        self._events(self.scalars.flush)
         if final or time.perf_counter() - self.plotted >= PLOT_EVERY_S:
             plot_curves(history, self.folder / CURVES_FILE, self.title)
             self.plotted = time.perf_counter()
 
+    def checkpoint(self, model: nn.Module, extra: dict[str, Any], state: dict[str, Any]) -> None:
+        """Replace ``last/`` with ``model`` and ``state`` (at an epoch's end, or inside an epoch)."""
+        write_checkpoint(self.folder / "last", model, self.classes, extra, self.model_args, state)
+
+    def _events(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call`` of TensorBoard's writer, an OSError as one :class:`OutputError` line."""
+        try:
+            return call(*args, **kwargs)
+        except OSError as exc:
+            raise OutputError(f"cannot write the TensorBoard events in {self.folder}: {os_reason(exc)}") from None
+
+    def _quiet_event_thread(self, args: Any) -> None:
+        """Leave out the traceback of TensorBoard's writing thread when a write fails: the same error is raised
+        again by the next flush, as one line."""
+        if not (args.thread is not None and type(args.thread).__name__ == "_AsyncWriterThread"
+                and isinstance(args.exc_value, OSError)):
+            self.hook(args)
+
     def __enter__(self) -> "RunWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.scalars.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        try:
+            self._events(self.scalars.close)
+        except OutputError:
+            if exc_type is None:
+                raise
+        finally:
+            threading.excepthook = self.hook
+
+
+class RunLock:
+    """The exclusive ``flock`` on a run folder's ``run.lock``, which holds the pid of its holder.
+
+    :meth:`acquire` takes it or raises :class:`OutputError` naming the folder and the holding pid. The lock
+    belongs to the open file, so loader processes forked while it is held share it; should the holder be
+    killed, they exit within seconds and :meth:`acquire` waits for that."""
+
+    def __init__(self, folder: Path, fd: int) -> None:
+        self.folder, self.fd = folder, fd
+
+    @classmethod
+    def acquire(cls, folder: str | Path, purpose: str) -> "RunLock":
+        """Take the lock of ``folder`` (which must exist). ``purpose`` ends the refusal: what to do instead."""
+        folder = Path(folder)
+        path = folder / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
+        deadline = time.monotonic() + ORPHAN_WAIT_S
+        while not _try_lock(fd):
+            pid = _holder_pid(fd)
+            if pid is not None and _alive(pid) or time.monotonic() > deadline:
+                os.close(fd)
+                raise OutputError(f"{folder} is in use by another convzoo train (pid {pid or 'unknown'}); {purpose}")
+            time.sleep(0.2)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
+        return cls(folder, fd)
+
+    def release(self) -> None:
+        """Give the folder up (also for loader processes that share the open file)."""
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The pid holding ``folder``'s lock (0 when it cannot be read), or None when no live process holds it."""
+    try:
+        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if _try_lock(fd, fcntl.LOCK_SH):
+            return None
+        pid = _holder_pid(fd)
+        return 0 if pid is None else pid if _alive(pid) else None
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd: int, kind: int = fcntl.LOCK_EX) -> bool:
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder_pid(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
