@@ -4,10 +4,12 @@ One place for the CPU's vendor, model and instruction-set flags (Linux ``/proc/c
 flags torch's cpuinfo library detects), torch's and oneDNN's view of the same CPU, and the rule
 :func:`bf16_pays` that the trainer, ``predict``, ``eval`` and ``bench`` follow.
 
-The bf16 rule on a CPU, from measurements (``/work/notes/cpu-findings.md``, interleaved runs on 2 cores):
-AMX-BF16 (Intel Sapphire Rapids and later: bf16 matmul 6.6x fp32, Xception@299 inference 2.7x) and
-AVX512-BF16 without AMX (AMD EPYC Zen 4: bf16 matmul ~3x fp32, Xception@299 inference ~1.9x) both pay;
-without either, oneDNN emulates bf16 with conversions and bf16 is slower than fp32.
+The bf16 rule on a CPU, from issue 16's measurements (bf16 autocast against fp32, interleaved runs on 2
+shared cores): AMX-BF16 (Intel Xeon Sapphire Rapids and later: bf16 matmul
+6.6x fp32, Xception@299 inference 2.7x, as measured for issue 16) and AVX512-BF16 without AMX (AMD EPYC
+Zen 5: bf16 matmul 3.3x, Xception@299 inference 1.9-3.6x, a training step 2.0x) both pay. Without either
+(emulated on that EPYC by capping oneDNN's ISA) bf16 costs: 0.88x fp32 with AVX-512 and no BF16, 0.15x
+with AVX2 only, as oneDNN converts to fp32 or falls back to reference kernels.
 """
 
 from __future__ import annotations
