@@ -5,11 +5,11 @@ flags torch's cpuinfo library detects), torch's and oneDNN's view of the same CP
 :func:`bf16_pays` that the trainer, ``predict``, ``eval`` and ``bench`` follow.
 
 The bf16 rule on a CPU, from issue 16's measurements (bf16 autocast against fp32, interleaved runs on 2
-shared cores): AMX-BF16 (Intel Xeon Sapphire Rapids and later: bf16 matmul
-6.6x fp32, Xception@299 inference 2.7x, as measured for issue 16) and AVX512-BF16 without AMX (AMD EPYC
-Zen 5: bf16 matmul 3.3x, Xception@299 inference 1.9-3.6x, a training step 2.0x) both pay. Without either
-(emulated on that EPYC by capping oneDNN's ISA) bf16 costs: 0.88x fp32 with AVX-512 and no BF16, 0.15x
-with AVX2 only, as oneDNN converts to fp32 or falls back to reference kernels.
+shared cores): AMX-BF16 (Intel Xeon Sapphire Rapids and later: bf16 matmul 6.6x fp32, Xception@299
+inference 2.7x) and AVX512-BF16 without AMX (AMD EPYC Zen 5: bf16 matmul 3.3x, Xception@299 inference
+1.9-3.6x, a training step 2.0x) both pay. Without either (emulated on that EPYC by capping oneDNN's ISA)
+bf16 costs: 0.88x fp32 with AVX-512 and no BF16, 0.15x with AVX2 only, as oneDNN converts to fp32 or
+falls back to reference kernels.
 """
 
 from __future__ import annotations
