@@ -139,6 +139,18 @@ def test_openvino_bf16_on_a_cpu_without_bf16_warns_then_runs(monkeypatch, tiny):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("cpu, rest", [(None, None), (AVX2_ONLY, "f32")])
+def test_openvino_int8_runs_the_rest_in_bf16_only_where_bf16_pays(monkeypatch, tiny, cpu, rest):
+    pytest.importorskip("nncf")
+    if cpu is not None:
+        monkeypatch.setattr(hardware, "cpu_info", lambda: cpu)
+    rest = rest or ("bf16" if hardware.bf16_pays(torch.device("cpu")) else "f32")
+    model = OpenVinoModel(tiny, "int8", [torch.randn(8, 3, 32, 32)])
+    assert model.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == rest
+    fp32 = OpenVinoModel(tiny, "fp32")  # OpenVINO's own default would be bf16 on a bf16 CPU
+    assert fp32.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+
+
 # --- the runtimes compute the model's function ---------------------------------------------------------------
 
 @pytest.mark.parametrize("runtime", [TorchModel, OnnxRuntimeModel, OpenVinoModel])

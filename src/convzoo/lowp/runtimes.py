@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..export import export_model
-from ..hardware import warn_if_bf16_slow
+from ..hardware import bf16_pays, warn_if_bf16_slow
 from ..optimize import fuse_batchnorm, optimize_for_inference
 from ..runtime import autocast
 
@@ -39,7 +39,7 @@ PRECISIONS = ("fp32", "bf16", "int8")
 RUNTIME_PRECISIONS = {"eager": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"), "openvino": PRECISIONS}
 # Images to calibrate int8 on when the caller does not say: "a few hundred" (NNCF's default subset is 300).
 CALIBRATION_IMAGES = 300
-_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 _INSTALL = {"onnxruntime": "pip install 'convzoo[onnx]'", "openvino": "pip install 'convzoo[openvino]'",
             "nncf": "pip install 'convzoo[openvino]'"}
 
@@ -191,11 +191,20 @@ def _nncf_quantize(nncf: ModuleType, ov_model: Any, calibration: Sequence[torch.
     return quantized
 
 
+def _openvino_precision(precision: str) -> str:
+    """OpenVINO's inference precision for ``precision``: int8 runs its unquantized operations in bf16
+    where bf16 pays on this CPU."""
+    if precision == "int8":
+        return "bf16" if bf16_pays(torch.device("cpu")) else "f32"
+    return _OPENVINO_PRECISION[precision]
+
+
 class OpenVinoModel:
     """``model`` (BatchNorm folded, exported to ONNX) compiled by OpenVINO for the CPU in ``precision``:
     'fp32' and 'bf16' set OpenVINO's ``INFERENCE_PRECISION_HINT`` (f32 / bf16; OpenVINO's own default is
     bf16 on CPUs with bf16 arithmetic, so fp32 is asked for explicitly); 'int8' quantizes with NNCF on
-    ``calibration`` and runs what stays unquantized in f32.
+    ``calibration`` and runs what stays unquantized in bf16 where bf16 pays
+    (:func:`convzoo.hardware.bf16_pays`; 10% faster than f32 on an EPYC with AVX512-BF16), else in f32.
 
     Called like the model: a float32 tensor (N, C, H, W) in, float32 logits (N, classes) out. Raises
     :class:`ConfigError` when OpenVINO (or, for int8, NNCF) is not installed, for an unknown precision,
@@ -215,7 +224,7 @@ class OpenVinoModel:
         if precision == "int8":
             ov_model = _nncf_quantize(nncf, ov_model, calibration)
         self.compiled = core.compile_model(ov_model, "CPU", {
-            "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
+            "INFERENCE_PRECISION_HINT": _openvino_precision(precision),
             "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"})
         self.request = self.compiled.create_infer_request()
         self.precision = precision
