@@ -11,8 +11,10 @@ import warnings
 import pytest
 import torch
 
-from convzoo import hardware
-from convzoo.hardware import CpuInfo, bf16_pays, cpu_info, hardware_report, parse_cpuinfo, warn_if_bf16_slow
+from convzoo import hardware, runtime
+from convzoo.cli import main
+from convzoo.hardware import (CpuInfo, bf16_pays, bf16_verdict, cpu_info, hardware_report, parse_cpuinfo,
+                              warn_if_bf16_slow)
 
 XEON_AMX = """processor	: 0
 vendor_id	: GenuineIntel
@@ -56,11 +58,26 @@ def test_flags_agree_with_torchs_probes():
             assert (flag in info.flags) == getattr(torch.cpu, probe)(), flag
 
 
-@pytest.mark.parametrize("text, pays", [(XEON_AMX, True), (EPYC_BF16, True), (AVX2_ONLY, False)])
-def test_bf16_pays_on_cpus_with_bf16_arithmetic(monkeypatch, text, pays):
+@pytest.mark.parametrize("text, pays, why", [
+    (XEON_AMX, True, "the CPU has amx_bf16 arithmetic and torch has oneDNN"),
+    (EPYC_BF16, True, "the CPU has avx512_bf16 arithmetic and torch has oneDNN"),
+    (AVX2_ONLY, False, "the CPU has no AMX-BF16 or AVX512-BF16 arithmetic"),
+])
+def test_bf16_pays_on_cpus_with_bf16_arithmetic(monkeypatch, text, pays, why):
+    """The rule on three kinds of CPU, whatever CPU runs the test; the runtime layer's bf16_pays (what the
+    trainer, predict and eval default to) is the same rule."""
     monkeypatch.setattr(hardware, "cpu_info", lambda: parse_cpuinfo(text))
-    assert bf16_pays(torch.device("cpu")) is (pays and torch.backends.mkldnn.is_available())
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    cpu = torch.device("cpu")
+    assert bf16_pays(cpu) is pays and runtime.bf16_pays(cpu) is pays
+    assert bf16_verdict(cpu)[1].startswith(why)
     assert bf16_pays(torch.device("meta")) is False
+
+
+def test_bf16_does_not_pay_without_onednn(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_info", lambda: parse_cpuinfo(XEON_AMX))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert bf16_verdict(torch.device("cpu")) == (False, "the CPU has amx_bf16, but this torch has no oneDNN to use it")
 
 
 def test_bf16_pays_on_cuda_follows_torch():
@@ -72,7 +89,8 @@ def test_bf16_pays_on_cuda_follows_torch():
 
 def test_bf16_where_it_does_not_pay_warns_one_line(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_info", lambda: parse_cpuinfo(AVX2_ONLY))
-    with pytest.warns(UserWarning, match=r"bf16 on this CPU \(Intel\(R\) Xeon\(R\) CPU E5-2686 v4.*\) will be slow") as rec:
+    with pytest.warns(UserWarning, match=r"bf16 on this CPU \(Intel\(R\) Xeon\(R\) CPU E5-2686 v4.*\) will be slow: "
+                                         r"the CPU has no AMX-BF16 .*; fp32 is faster here") as rec:
         warn_if_bf16_slow(torch.device("cpu"))
     assert len(rec) == 1 and "\n" not in str(rec[0].message)
     monkeypatch.setattr(hardware, "cpu_info", lambda: parse_cpuinfo(XEON_AMX))
@@ -117,3 +135,27 @@ def test_cpu_info_without_proc_cpuinfo_uses_torchs_probes(monkeypatch):
         hardware.cpu_info.cache_clear()
     assert isinstance(info, CpuInfo) and info.source == "torch.cpu"
     assert ("avx512_bf16" in info.flags) == bool(torch.cpu._is_avx512_bf16_supported())
+
+
+# --- convzoo info --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, verdict", [(XEON_AMX, "bf16 pays on the CPU: yes: the CPU has amx_bf16 arithmetic"),
+                                           (AVX2_ONLY, "bf16 pays on the CPU: no: the CPU has no AMX-BF16")])
+def test_info_prints_the_cpu_and_the_bf16_verdict(monkeypatch, capsys, text, verdict):
+    monkeypatch.setattr(hardware, "cpu_info", lambda: parse_cpuinfo(text))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    assert main(["info", "--no-onednn"]) == 0
+    out = capsys.readouterr().out
+    info = parse_cpuinfo(text)
+    assert out.startswith(f"cpu: {info.model} ({info.vendor}, ")
+    assert f"flags (/proc/cpuinfo): {' '.join(sorted(info.flags))}\n" in out
+    assert f"torch {torch.__version__}: kernels {torch.backends.cpu.get_cpu_capability()}" in out
+    assert verdict in out and "oneDNN" in out and "runtimes: onnxruntime " in out
+
+
+def test_info_json_is_the_hardware_report(capsys):
+    assert main(["info", "--json", "--no-onednn"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads(json.dumps(hardware_report(onednn=False)))
+    assert report["bf16_pays"]["cpu"] is bf16_pays(torch.device("cpu"))
+    assert report["bf16_why"]["cpu"] == bf16_verdict(torch.device("cpu"))[1]

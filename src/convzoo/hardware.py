@@ -103,30 +103,43 @@ def _torch_probe(name: str) -> bool | None:
     return bool(probe()) if callable(probe) else None
 
 
-def bf16_pays(device: torch.device) -> bool:
-    """Whether bfloat16 autocast is the default on ``device``.
+def bf16_verdict(device: torch.device) -> tuple[bool, str]:
+    """Whether bfloat16 is the default on ``device``, and why, as a phrase (for ``convzoo info`` and the
+    slow-bf16 warning).
 
     CUDA: where the GPU supports bf16 (``torch.cuda.is_bf16_supported()``). CPU: where it has native bf16
     arithmetic (AMX-BF16 or AVX512-BF16, see the module docstring for the measurements) and torch has
-    oneDNN, which runs bf16 convolutions and matmuls. Any other device: False.
+    oneDNN, which runs bf16 convolutions and matmuls. Any other device: no.
     """
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return cpu_info().bf16_arithmetic is not None and torch.backends.mkldnn.is_available()
-    return False
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return True, "the GPU supports bf16"
+        return False, "no CUDA device with bf16 support"
+    if device.type != "cpu":
+        return False, f"convzoo has no bf16 rule for {device.type} devices"
+    info = cpu_info()
+    if info.bf16_arithmetic is None:
+        return False, ("the CPU has no AMX-BF16 or AVX512-BF16 arithmetic, so bf16 is emulated with conversions "
+                       "(0.15-0.9x fp32)")
+    if not torch.backends.mkldnn.is_available():
+        return False, f"the CPU has {info.bf16_arithmetic}, but this torch has no oneDNN to use it"
+    return True, f"the CPU has {info.bf16_arithmetic} arithmetic and torch has oneDNN"
+
+
+def bf16_pays(device: torch.device) -> bool:
+    """Whether bfloat16 is the default on ``device`` (:func:`bf16_verdict`): the rule the trainer,
+    ``predict``, ``eval`` and ``bench`` follow."""
+    return bf16_verdict(device)[0]
 
 
 def warn_if_bf16_slow(device: torch.device) -> None:
-    """Warn (one line, :class:`UserWarning`) when bf16 is asked for on a device where it does not pay."""
-    if bf16_pays(device):
+    """Warn (one line, :class:`UserWarning`) when bf16 is asked for on a device where it does not pay; for
+    the command-line verbs when ``--bf16`` is forced (they print it as a ``convzoo: warning:`` line)."""
+    pays, why = bf16_verdict(device)
+    if pays:
         return
-    if device.type == "cpu":
-        info = cpu_info()
-        warnings.warn(f"bf16 on this CPU ({info.model}) will be slow: it has no AMX-BF16 or AVX512-BF16 "
-                      f"arithmetic, so bf16 is emulated with conversions; fp32 is faster here", stacklevel=2)
-    else:
-        warnings.warn(f"bf16 on {device} will be slow: the device has no native bf16 arithmetic", stacklevel=2)
+    where = f"this CPU ({cpu_info().model})" if device.type == "cpu" else str(device)
+    warnings.warn(f"bf16 on {where} will be slow: {why}; fp32 is faster here", stacklevel=2)
 
 
 @functools.lru_cache(maxsize=1)
@@ -183,7 +196,7 @@ def _openvino_cpu() -> list[str] | None:
 def hardware_report(onednn: bool = True) -> dict[str, Any]:
     """Everything above as one JSON-friendly dict, for ``convzoo info``: the CPU and its flags, torch's and
     oneDNN's view (``onednn=False`` skips the 2 s oneDNN probe), OpenVINO's view where it is installed, CUDA,
-    whether bf16 pays on each device, and the versions of the optional runtimes."""
+    whether bf16 pays on each device and why, and the versions of the optional runtimes."""
     info = cpu_info()
     cuda = torch.cuda.is_available()
     return {
@@ -197,5 +210,7 @@ def hardware_report(onednn: bool = True) -> dict[str, Any]:
                  "bf16_supported": torch.cuda.is_bf16_supported() if cuda else None},
         "bf16_pays": {"cpu": bf16_pays(torch.device("cpu")),
                       "cuda": bf16_pays(torch.device("cuda")) if cuda else None},
+        "bf16_why": {"cpu": bf16_verdict(torch.device("cpu"))[1],
+                     "cuda": bf16_verdict(torch.device("cuda"))[1] if cuda else None},
         "runtimes": {name: _package_version(name) for name in ("onnxruntime", "openvino", "nncf")},
     }

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError, ImageError
-from ..lowp.runtimes import CALIBRATION_IMAGES
+from ..runtime import CALIBRATION_IMAGES
 from .images import IMAGE_EXTENSIONS
 from .transforms import ImageTransform
 

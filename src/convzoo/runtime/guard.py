@@ -7,19 +7,16 @@ fp32 passes the first test; a large difference either way shows in the agreement
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConvzooError, DataError
+from ..errors import AccuracyGuardError, DataError
+from .inference import Predictor
 
 GUARD_MAX_DROP = 0.5
 GUARD_MIN_AGREEMENT = 98.0
-
-
-class AccuracyGuardError(ConvzooError):
-    """A lower-precision model whose accuracy falls outside the guard against fp32."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +60,6 @@ class GuardResult:
                                      + "; ".join(self.shortfalls()))
         return self
 
-
-Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.inference_mode()
