@@ -181,13 +181,14 @@ def test_low_precision_rows_and_their_ceilings():
     for r in result.rows:
         ceiling = result.matmuls[r.precision]
         assert r.ceiling == ceiling.label and r.img_per_s > 0
-        assert r.frac_matmul == pytest.approx(r.gflops / ceiling.gflops)
+        assert r.frac_matmul == pytest.approx(r.gflops / ceiling.gflops) and r.ceiling_gflops == ceiling.gflops
         assert r.ratio is None and r.vs == {}  # no reference rows
 
 
 def test_ratios_against_the_anchors():
     def row(impl, img_per_s):
-        return Row("xception", impl, "infer", "bf16", 8, 1.0, 1.0, 1.0, img_per_s, 8.4, 1.0, 0.1, "bf16 matmul 2048^3")
+        return Row("xception", impl, "infer", "bf16", 8, 1.0, 1.0, 1.0, img_per_s, 8.4, 1.0, 0.1, "bf16 matmul 2048^3",
+                   10.0)
 
     rows = [row("convzoo openvino int8", 24.0), row("convzoo optimized bf16", 12.0), row("timm NCHW", 3.0),
             row("timm bf16 channels_last", 10.0), row("OpenVINO bf16 on timm", 20.0)]
@@ -210,6 +211,7 @@ def test_interleaved_rounds_measure_every_row_in_the_trainers_state():
     assert [r.impl for r in rows] == ["convzoo eager fp32", "convzoo optimized fp32", "plain PyTorch NCHW"]
     assert logs[1].startswith("all rows in the trainer's process state: ") and "3 interleaved rounds" in logs[1]
     assert logs[2].startswith("  xception_cifar_tiny infer: 3 rounds, load average ")
+    assert logs[2].endswith("fp32 matmul 2048^3: {:.1f}".format(rows[0].ceiling_gflops))
     assert all(0 < r.min_ms <= r.median_ms <= r.max_ms for r in rows)
     assert rows[0].ratio == pytest.approx(rows[0].img_per_s / rows[2].img_per_s)
 
@@ -263,6 +265,6 @@ def test_anchor_rows_of_issue_16_in_one_run():
     impls = [r.impl for r in result.rows]
     assert impls[-4:] == ["timm NCHW", "timm channels_last", "timm bf16 channels_last", "OpenVINO bf16 on timm"]
     for r in result.rows:
-        assert r.ceiling == f"{r.precision} matmul 2048^3"
+        assert r.ceiling == f"{r.precision} matmul 2048^3" and r.frac_matmul == pytest.approx(r.gflops / r.ceiling_gflops)
         if r.impl.startswith("convzoo"):
             assert set(r.vs) == set(ANCHORS)

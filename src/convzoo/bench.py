@@ -33,9 +33,10 @@ model and mode.
 With ``rounds`` = 1, every reference row is measured first, in the process's default state; then the
 convzoo rows in the state the trainer sets up: on the CPU glibc's allocator tuned to keep freed memory
 (:func:`convzoo.optimize.tune_cpu_allocator`), on CUDA cuDNN's autotuner on. With ``rounds`` > 1 (for a
-shared or busy machine) every row runs in the trainer's state and the rows of each (model, mode) are
-interleaved: each round times ``repeats`` steps of every row, in reverse order every other round, so a
-change in the machine's load falls on all rows alike; the table is over all rounds' steps.
+shared or busy machine) every row runs in the trainer's state and the rows of each (model, mode), with the
+matrix multiplies that are their ceilings, are interleaved: each round times ``repeats`` steps of every
+row, in reverse order every other round, so a change in the machine's load falls on all rows and their
+ceilings alike; the table is over all rounds' steps.
 
 A training step is SGD with momentum, fused on CUDA as in the trainer; the fp32 references use PyTorch's
 default SGD, the bf16 references the fused one.
@@ -106,8 +107,9 @@ PLAIN_VARIANTS = {"cpu": TIMM_VARIANTS["cpu"][:1], "cuda": TIMM_VARIANTS["cuda"]
 
 @dataclass
 class Row:
-    """One measured configuration; ``ceiling`` names the matrix multiply ``frac_matmul`` is a fraction of,
-    ``ratio`` is over the fastest reference and ``vs`` over each anchor present (convzoo rows only)."""
+    """One measured configuration; ``ceiling`` names the matrix multiply ``frac_matmul`` is a fraction of and
+    ``ceiling_gflops`` is its rate; ``ratio`` is over the fastest reference and ``vs`` over each anchor present
+    (convzoo rows only)."""
 
     model: str
     impl: str
@@ -122,6 +124,7 @@ class Row:
     gflops: float
     frac_matmul: float
     ceiling: str
+    ceiling_gflops: float
     ratio: float | None = None
     vs: dict[str, float] = field(default_factory=dict)
 
@@ -142,7 +145,8 @@ class Matmul:
 
 @dataclass
 class BenchResult:
-    """What :func:`run_bench` measured, and where: the ceilings by precision, and the rows."""
+    """What :func:`run_bench` measured, and where: the ceilings by precision measured at the start of the run,
+    and the rows (with ``rounds`` > 1 each row's ceiling is measured in its own rounds instead)."""
 
     device: str
     matmuls: dict[str, Matmul]
@@ -186,10 +190,9 @@ def _time(step: Step, warmup: int, repeats: int, sync: Callable[[], None]) -> li
     return times
 
 
-def matmul_gflops(device: torch.device, precision: str = "fp32", repeats: int = 5) -> Matmul:
-    """Measured rate of a dense matrix multiply (median of ``repeats``, GFLOP/s; for int8 GOP/s, int8 inputs
-    and int32 sums by ``torch._int_mm``): on the CPU 2048^3 in ``precision`` ('fp32', 'bf16' or 'int8'), on
-    CUDA bf16 8192^3 whatever the precision. Raises :class:`ConfigError` for another precision."""
+def _matmul(device: torch.device, precision: str) -> tuple[Step, Callable[[float], Matmul]]:
+    """A dense matrix multiply step in ``precision`` on ``device`` (see :func:`matmul_gflops`), and the
+    :class:`Matmul` of a median step time in seconds."""
     if precision not in _MATMUL_DTYPES:
         raise ConfigError(f"precision must be one of {', '.join(_MATMUL_DTYPES)}, got {precision!r}")
     if device.type == "cuda":
@@ -203,8 +206,15 @@ def matmul_gflops(device: torch.device, precision: str = "fp32", repeats: int = 
     else:
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
         op = torch.mm
-    times = _time(lambda: op(a, b), 2, repeats, _synchronizer(device))
-    return Matmul(2 * n**3 / statistics.median(times) / 1e9, precision, n)
+    return (lambda: op(a, b)), (lambda seconds: Matmul(2 * n**3 / seconds / 1e9, precision, n))
+
+
+def matmul_gflops(device: torch.device, precision: str = "fp32", repeats: int = 5) -> Matmul:
+    """Measured rate of a dense matrix multiply (median of ``repeats``, GFLOP/s; for int8 GOP/s, int8 inputs
+    and int32 sums by ``torch._int_mm``): on the CPU 2048^3 in ``precision`` ('fp32', 'bf16' or 'int8'), on
+    CUDA bf16 8192^3 whatever the precision. Raises :class:`ConfigError` for another precision."""
+    step, rate = _matmul(device, precision)
+    return rate(statistics.median(_time(step, 2, repeats, _synchronizer(device))))
 
 
 def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
@@ -403,7 +413,8 @@ def _row(job: _Job, times: list[float], matmuls: dict[str, Matmul]) -> Row:
     ceiling = matmuls[job.precision]
     flops = 2 * job.macs * job.batch * (3 if job.mode == "train" else 1) / med / 1e9
     return Row(job.model, job.impl, job.mode, job.precision, job.batch, med * 1e3, min(times) * 1e3,
-               max(times) * 1e3, job.batch / med, job.macs / 1e9, flops, flops / ceiling.gflops, ceiling.label)
+               max(times) * 1e3, job.batch / med, job.macs / 1e9, flops, flops / ceiling.gflops, ceiling.label,
+               ceiling.gflops)
 
 
 def _trainer_process_state(device: torch.device) -> str:
@@ -442,23 +453,28 @@ def _measure_in_turn(jobs: list[_Job], warmup: int, repeats: int, matmuls: dict[
     return [measured[i] for i in range(len(jobs))]
 
 
-def _measure_interleaved(jobs: list[_Job], warmup: int, repeats: int, rounds: int, matmuls: dict[str, Matmul],
+def _measure_interleaved(jobs: list[_Job], warmup: int, repeats: int, rounds: int, precisions: tuple[str, ...],
                          device: torch.device, say: Callable[[str], None]) -> list[Row]:
-    """Every row in the trainer's process state; the rows of each (model, mode) built, warmed up, then timed
-    ``repeats`` steps each per round, in reverse order every other round."""
+    """Every row in the trainer's process state; the rows of each (model, mode) and the matrix multiplies of
+    their precisions (their ceilings) built, warmed up, then timed ``repeats`` steps each per round, in
+    reverse order every other round."""
     say(f"all rows in the trainer's process state: {_trainer_process_state(device)}; "
-        f"{rounds} interleaved rounds per model and mode")
+        f"{rounds} interleaved rounds per model and mode, each with its matmul ceilings")
     sync = _synchronizer(device)
+    matmuls = {p: _matmul(device, p) for p in precisions}
     rows = []
     for group in dict.fromkeys((j.model, j.mode) for j in jobs):
         group_jobs = [j for j in jobs if (j.model, j.mode) == group]
-        steps = [j.make() for j in group_jobs]
+        steps = [j.make() for j in group_jobs] + [step for step, _ in matmuls.values()]
         times: list[list[float]] = [_time(step, warmup, 0, sync) for step in steps]
         for r in range(rounds):
             for i in (range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))):
                 times[i] += _time(steps[i], 0, repeats, sync)
-        say(f"  {group[0]} {group[1]}: {rounds} rounds, load average {os.getloadavg()[0]:.1f}")
-        rows += [_row(j, t, matmuls) for j, t in zip(group_jobs, times)]
+        ceilings = {p: rate(statistics.median(t)) for (p, (_, rate)), t in zip(matmuls.items(),
+                                                                              times[len(group_jobs):])}
+        say(f"  {group[0]} {group[1]}: {rounds} rounds, load average {os.getloadavg()[0]:.1f}; "
+            + "; ".join(f"{m.label}: {m.gflops:.1f}" for m in ceilings.values()))
+        rows += [_row(j, t, ceilings) for j, t in zip(group_jobs, times)]
     return rows
 
 
@@ -500,7 +516,7 @@ def run_bench(models: list[str], *, batch_size: int = 8, input_size: tuple[int, 
         if rounds == 1:
             rows = _measure_in_turn(jobs, warmup, repeats, matmuls, dev, say)
         else:
-            rows = _measure_interleaved(jobs, warmup, repeats, rounds, matmuls, dev, say)
+            rows = _measure_interleaved(jobs, warmup, repeats, rounds, tuple(matmuls), dev, say)
     _set_ratios(rows)
     return BenchResult(name, matmuls, rows)
 
