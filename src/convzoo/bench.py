@@ -453,6 +453,21 @@ def _measure_in_turn(jobs: list[_Job], warmup: int, repeats: int, matmuls: dict[
     return [measured[i] for i in range(len(jobs))]
 
 
+def _interleave(jobs: list[_Job], warmup: int, repeats: int, rounds: int,
+                matmuls: dict[str, tuple[Step, Callable[[float], Matmul]]], device: torch.device
+                ) -> tuple[list[Row], dict[str, Matmul]]:
+    """The rows of ``jobs`` (one model and mode) and the ceilings ``matmuls`` measured in interleaved rounds;
+    the steps (models, sessions) are built here and freed on return."""
+    sync = _synchronizer(device)
+    steps = [j.make() for j in jobs] + [step for step, _ in matmuls.values()]
+    times: list[list[float]] = [_time(step, warmup, 0, sync) for step in steps]
+    for r in range(rounds):
+        for i in (range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))):
+            times[i] += _time(steps[i], 0, repeats, sync)
+    ceilings = {p: rate(statistics.median(t)) for (p, (_, rate)), t in zip(matmuls.items(), times[len(jobs):])}
+    return [_row(j, t, ceilings) for j, t in zip(jobs, times)], ceilings
+
+
 def _measure_interleaved(jobs: list[_Job], warmup: int, repeats: int, rounds: int, precisions: tuple[str, ...],
                          device: torch.device, say: Callable[[str], None]) -> list[Row]:
     """Every row in the trainer's process state; the rows of each (model, mode) and the matrix multiplies of
@@ -460,21 +475,14 @@ def _measure_interleaved(jobs: list[_Job], warmup: int, repeats: int, rounds: in
     reverse order every other round."""
     say(f"all rows in the trainer's process state: {_trainer_process_state(device)}; "
         f"{rounds} interleaved rounds per model and mode, each with its matmul ceilings")
-    sync = _synchronizer(device)
     matmuls = {p: _matmul(device, p) for p in precisions}
     rows = []
     for group in dict.fromkeys((j.model, j.mode) for j in jobs):
-        group_jobs = [j for j in jobs if (j.model, j.mode) == group]
-        steps = [j.make() for j in group_jobs] + [step for step, _ in matmuls.values()]
-        times: list[list[float]] = [_time(step, warmup, 0, sync) for step in steps]
-        for r in range(rounds):
-            for i in (range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))):
-                times[i] += _time(steps[i], 0, repeats, sync)
-        ceilings = {p: rate(statistics.median(t)) for (p, (_, rate)), t in zip(matmuls.items(),
-                                                                              times[len(group_jobs):])}
+        group_rows, ceilings = _interleave([j for j in jobs if (j.model, j.mode) == group], warmup, repeats, rounds,
+                                           matmuls, device)
         say(f"  {group[0]} {group[1]}: {rounds} rounds, load average {os.getloadavg()[0]:.1f}; "
             + "; ".join(f"{m.label}: {m.gflops:.1f}" for m in ceilings.values()))
-        rows += [_row(j, t, ceilings) for j, t in zip(group_jobs, times)]
+        rows += group_rows
     return rows
 
 
