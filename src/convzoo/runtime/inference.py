@@ -26,7 +26,7 @@ from ..export import export_model
 from ..hardware import warn_if_bf16_slow
 from ..models.base import logits_of
 from ..optimize import fuse_batchnorm, optimize_for_inference
-from .device import autocast, bf16_pays
+from .device import bf16_pays
 from .quantize import nncf_quantize, quantize_onnx
 
 RUNTIMES = ("eager", "onnxruntime", "openvino")
@@ -35,6 +35,9 @@ RUNTIME_PRECISIONS = {"eager": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")
 # Images to calibrate int8 on when the caller does not say: "a few hundred" (NNCF's default subset is 300).
 CALIBRATION_IMAGES = 300
 _OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+# The optional packages each runtime needs, those its int8 quantization adds, and where they come from.
+_PACKAGES = {"eager": (), "onnxruntime": ("onnxruntime",), "openvino": ("openvino",)}
+_INT8_PACKAGES = {"onnxruntime": ("onnx",), "openvino": ("nncf",)}
 _INSTALL = {"onnxruntime": "pip install 'convzoo[onnx]'", "onnx": "pip install 'convzoo[onnx]'",
             "openvino": "pip install 'convzoo[openvino]'", "nncf": "pip install 'convzoo[openvino]'"}
 
@@ -64,9 +67,8 @@ def require_runtime(runtime: str, precision: str) -> list[ModuleType]:
     :func:`check_precision` and :class:`MissingDependencyError` (one line naming the install command) for a
     package that is not installed."""
     _check_pair(runtime, precision)
-    packages = {"eager": [], "onnxruntime": ["onnxruntime", "onnx"], "openvino": ["openvino", "nncf"]}[runtime]
     modules = []
-    for package in packages[:None if precision == "int8" else 1]:
+    for package in _PACKAGES[runtime] + (_INT8_PACKAGES[runtime] if precision == "int8" else ()):
         try:
             modules.append(importlib.import_module(package))
         except ImportError:
@@ -244,7 +246,8 @@ def inference_model(model: nn.Module, runtime: str = "eager", precision: str | N
     """``model`` as run by ``runtime`` ('eager': PyTorch on ``device``, default the model's; 'onnxruntime'
     and 'openvino': the CPU) in ``precision`` ('fp32', 'bf16', 'int8'; :data:`RUNTIME_PRECISIONS` says which
     runtime runs which; None: :func:`default_precision`), int8 calibrated on ``calibration`` (float32 batches
-    (N, C, H, W) normalised as the model takes them). The one chooser ``predict``, ``eval`` and ``bench`` use.
+    (N, C, H, W) normalised as the model takes them). The one chooser of ``predict`` and ``eval`` (``bench``
+    builds the same runtimes, from one export per model).
 
     Returns a :class:`TorchModel`, :class:`OnnxRuntimeModel` or :class:`OpenVinoModel`: float32 (N, C, H, W)
     in, float32 main logits (N, classes) on the CPU out. Raises :class:`ConfigError` for an unknown runtime or
