@@ -3,7 +3,7 @@
 Examples:
     KERAS_BACKEND=torch python benchmarks/bench.py xception inception_v3 resnext50_32x4d --batch-size 8
     python benchmarks/bench.py xception_cifar_tiny --batch-size 64 --mode train --runtime eager,channels_last --against plain
-    python benchmarks/bench.py xception --device cuda --runtime eager,bf16,compile --against plain,timm
+    python benchmarks/bench.py xception --device cuda --runtime eager,channels_last,compile --precision fp32,bf16 --against plain,timm
 """
 
 import sys

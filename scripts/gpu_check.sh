@@ -55,13 +55,15 @@ if [[ " $stages " == *" tests "* ]]; then
 fi
 
 if [[ " $stages " == *" bench-xception "* ]]; then
-    bench xception_train xception --mode train --batch-size 128 --runtime eager,bf16,compile --against timm
-    bench xception_infer xception --mode infer --batch-size 256 --runtime eager,bf16,optimized,compile --against timm
+    bench xception_train xception --mode train --batch-size 128 --runtime eager,channels_last,compile \
+        --precision fp32,bf16 --against timm
+    bench xception_infer xception --mode infer --batch-size 256 --runtime eager,channels_last,optimized,compile \
+        --precision fp32,bf16 --against timm
 fi
 
 if [[ " $stages " == *" bench-cifar "* ]]; then
     bench cifar_slim xception_cifar_slim xception_cifar_slim_thinner --mode train --batch-size 64 \
-        --input-size 32 32 --runtime eager,bf16,compile --against plain --repeats 20
+        --input-size 32 32 --runtime eager,channels_last,compile --precision fp32,bf16 --against plain --repeats 20
 fi
 
 if [[ " $stages " == *" train "* ]]; then

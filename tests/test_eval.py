@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import convzoo.hardware
 from convzoo import create_model
 from convzoo.cli import main
 from convzoo.train.evaluate import EvalOptions, evaluate_target
@@ -28,10 +29,17 @@ def cifar(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(cifar, tmp_path_factory) -> tuple[Path, Path]:
+    """Two runs in fp32, so that eval (in fp32 here, see fp32_eval) reproduces their validation figures."""
     root = tmp_path_factory.mktemp("runs")
-    assert main(train_args(cifar, root / "a", 2)) == 0
-    assert main(train_args(cifar, root / "b", 1, "--set", "label_smoothing=0")) == 0
+    assert main(train_args(cifar, root / "a", 2, "--no-bf16")) == 0
+    assert main(train_args(cifar, root / "b", 1, "--no-bf16", "--set", "label_smoothing=0")) == 0
     return root / "a", root / "b"
+
+
+@pytest.fixture(autouse=True)
+def fp32_eval(monkeypatch):
+    """eval in fp32 even on a CPU where bf16 pays (its default there)."""
+    monkeypatch.setattr(convzoo.hardware, "bf16_pays", lambda device: False)
 
 
 def eval_json(capsys, *args: str) -> dict:

@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 
 import convzoo
+import convzoo.hardware
 from convzoo.cli import main
 from convzoo.errors import ConfigError
 from convzoo.predict import decode_predictions, imagenet_classes, predict_files, runtime_device
 from convzoo.data.transforms import ImageTransform
 from convzoo.preprocess import preprocess_input
-from convzoo.runtime import resolve_device, runtime_model
+from convzoo.runtime import inference_model, resolve_device
 from helpers import randomize_batchnorm_
 
 
@@ -98,7 +99,13 @@ def test_transform_resizes_and_centre_crops(photos):
     assert batch.min() >= -1 and batch.max() <= 1
 
 
-def test_predict_with_a_checkpoint_json(capsys, photos, cifar_checkpoint):
+@pytest.fixture
+def fp32_default(monkeypatch):
+    """The command line's eager runtime in fp32 even on a CPU where bf16 pays (for comparisons at 1e-5)."""
+    monkeypatch.setattr(convzoo.hardware, "bf16_pays", lambda device: False)
+
+
+def test_predict_with_a_checkpoint_json(capsys, photos, cifar_checkpoint, fp32_default):
     code, out, err = run(capsys, "predict", "--weights", str(cifar_checkpoint), str(photos), "--top", "3", "--json")
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
@@ -124,7 +131,7 @@ def test_predict_imagenet_table(capsys, tmp_path, photos):
     assert wnid in {w for w, _ in imagenet_classes()}
 
 
-def test_predict_onnxruntime_matches_eager(capsys, photos, bn_checkpoint):
+def test_predict_onnxruntime_matches_eager(capsys, photos, bn_checkpoint, fp32_default):
     rows = {}
     for runtime in ("eager", "onnxruntime"):
         code, out, err = run(capsys, "predict", "--weights", str(bn_checkpoint), str(photos), "--top", "3", "--json",
@@ -146,13 +153,13 @@ def test_unknown_runtime(capsys, photos):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "invalid choice: 'tensorrt'" in err, err
     with pytest.raises(ConfigError, match="runtime must be one of eager, onnxruntime"):
-        runtime_model(torch.nn.Identity(), "tensorrt")
+        inference_model(torch.nn.Identity(), "tensorrt")
 
 
 def test_predict_files_folds_batchnorm_and_keeps_the_outputs(photos, bn_checkpoint):
     model = convzoo.load_checkpoint(bn_checkpoint).eval()
     paths = [photos / "a.jpg", photos / "b.png"]
-    probs = predict_files(model, paths, device="cpu")
+    probs = predict_files(model, paths, device="cpu", precision="fp32")
     with torch.no_grad():
         expected = model(ImageTransform.from_model(model)(paths)).softmax(1)
     assert probs.dtype == torch.float32 and probs.device.type == "cpu"

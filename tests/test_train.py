@@ -20,11 +20,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+import convzoo.hardware
 from convzoo import load_checkpoint
 from convzoo.cli import main
 from convzoo.data import embedded_cifar10
 from convzoo.data.transforms import ImageTransform
 from convzoo.errors import ConfigError
+from convzoo.hardware import bf16_pays
 from convzoo.train import TrainOptions, resume, start
 from convzoo.train.build import build_model
 from convzoo.train.recipes import apply_settings, from_dict, get_recipe, override
@@ -122,7 +124,7 @@ def test_run_folder_holds_every_artefact(run, capsys):
     assert torch.equal(model.fc.weight, tensors(run)["fc.weight"])
 
 
-def test_best_checkpoint_of_a_table_model_rebuilds_on_its_own(run, cifar, tmp_path, capsys):
+def test_best_checkpoint_of_a_table_model_rebuilds_on_its_own(run, cifar, tmp_path, capsys, monkeypatch):
     """The tiny model is built from a table of blocks given as JSON; its checkpoint still records the
     arguments, so load_checkpoint, eval and predict need neither --model nor the run's config."""
     checkpoint = run / "best" / "model.safetensors"
@@ -148,6 +150,7 @@ def test_best_checkpoint_of_a_table_model_rebuilds_on_its_own(run, cifar, tmp_pa
 
     image = tmp_path / "frog.png"
     Image.fromarray(embedded_cifar10().images[0].permute(1, 2, 0).numpy()).save(image)
+    monkeypatch.setattr(convzoo.hardware, "bf16_pays", lambda device: False)  # predict in fp32, compared at 1e-5
     assert main(["predict", "--weights", str(checkpoint), str(image), "--top", "1", "--json"]) == 0
     top = json.loads(capsys.readouterr().out)["predictions"][0]
     with torch.no_grad():
@@ -278,9 +281,11 @@ def test_distributed_two_processes_match_one(cifar, tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     # NCHW: oneDNN's channels-last kernels round differently at batch 16 and 32, which 12 steps of
     # training grow to ~1e-3 in the weights.
-    assert main(train_args(cifar, single, 2, "--no-channels-last")) == 0
+    # fp32: bf16 (the default on CPUs with bf16 arithmetic) rounds differently at batch 16 and 32 too.
+    assert main(train_args(cifar, single, 2, "--no-channels-last", "--no-bf16")) == 0
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "convzoo", *train_args(cifar, ddp, 2, "--no-channels-last")], capture_output=True,
+                           "-m", "convzoo", *train_args(cifar, ddp, 2, "--no-channels-last", "--no-bf16")],
+                          capture_output=True,
                           text=True, env=ENV,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -352,7 +357,8 @@ def test_defaults_are_recorded_and_a_resumed_run_keeps_its_layout(cifar, tmp_pat
     out = tmp_path / "layout"
     assert main(train_args(cifar, out, 1, "--no-channels-last")) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["channels_last"] is False and config["bf16"] is False and config["compile"] is None
+    assert config["channels_last"] is False and config["compile"] is None
+    assert config["bf16"] is bf16_pays(torch.device("cpu"))  # bf16 on CPUs with AMX-BF16 or AVX512-BF16
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
     assert json.loads((out / "config.json").read_text())["channels_last"] is False
     default = tmp_path / "default"

@@ -65,3 +65,7 @@ class MissingDependencyError(ConvzooError):
 
 class ConvzooWarning(UserWarning):
     """A warning convzoo gives on purpose; the command line shows it as one ``convzoo: warning:`` line."""
+
+
+class AccuracyGuardError(ConvzooError):
+    """A lower-precision model (bf16, int8) whose accuracy falls outside the guard against fp32."""

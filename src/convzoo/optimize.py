@@ -45,12 +45,22 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
-    """A copy of ``model`` in eval mode with BatchNorm folded and (by default) channels-last weights;
-    feed it channels-last inputs (``x.contiguous(memory_format=torch.channels_last)``) for full speed."""
+def optimize_for_inference(model: nn.Module, channels_last: bool = True, dtype: torch.dtype = torch.float32
+                           ) -> nn.Module:
+    """A copy of ``model`` in eval mode with BatchNorm folded (in float32, then cast), its floating-point
+    parameters and buffers in ``dtype`` and (by default) channels-last weights; feed it inputs of ``dtype``,
+    channels-last (``x.to(dtype).contiguous(memory_format=torch.channels_last)``) for full speed.
+
+    ``dtype=torch.bfloat16`` computes what bf16 autocast computes for these networks (convolutions and
+    matmuls in bf16, their outputs and everything after them bf16) with the weights cast once instead of on
+    every call; on a CPU with AVX512-BF16 it runs Xception@299 faster than autocast (docs/PERFORMANCE.md).
+    """
+    if not dtype.is_floating_point:
+        raise ConfigError(f"optimize_for_inference casts to a floating-point dtype, got {dtype}")
     fast = fuse_batchnorm(copy.deepcopy(model).eval())
     for p in fast.parameters():
         p.requires_grad_(False)
+    fast = fast.to(dtype)
     return fast.to(memory_format=torch.channels_last) if channels_last else fast
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -16,10 +16,8 @@ from .data.images import IMAGE_EXTENSIONS
 from .data.transforms import ImageTransform
 from .errors import ConfigError, ImageError
 from .factory import create_model
-from .models.base import logits_of
-from .optimize import optimize_for_inference
 from .registry import get_model_cfg
-from .runtime import autocast, bf16_pays, resolve_device, runtime_model
+from .runtime import inference_model, resolve_device
 from .utils.fileio import complete_folder
 from .weights import load_checkpoint
 from .weights.formats import CHECKPOINT_FILE, CONVZOO, detect_format
@@ -141,31 +139,13 @@ def runtime_device(device: str, runtime: str = "eager") -> torch.device:
     return torch.device("cpu")
 
 
-def _forward(model: nn.Module, runtime: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model`` as run by ``runtime`` on ``device``, taking a CPU batch and giving float32 main logits on the
-    CPU."""
-    if runtime != "eager":
-        if device.type != "cpu":
-            raise ConfigError(f"the {runtime} runtime runs on the CPU here, not on {device}")
-        return runtime_model(model, runtime)
-    fast = optimize_for_inference(model).to(device)
-    bf16 = bf16_pays(device)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        with autocast(device, bf16):
-            logits = logits_of(fast(x))
-        return logits.float().cpu()
-
-    return forward
-
-
 def iter_predictions(model: nn.Module, paths: Sequence[Path], *, batch_size: int = 8, mode: str | None = None,
-                     runtime: str = "eager", device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+                     runtime: str = "eager", device: torch.device | str = "cpu", precision: str | None = None,
+                     calibration: Sequence[torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
     """Class probabilities (batch, classes, float32, on the CPU) for the image files at ``paths``, one batch of
     ``batch_size`` at a time (see :func:`predict_files`)."""
     transform = ImageTransform.from_model(model, mode)
-    forward = _forward(model, runtime, torch.device(device))
+    forward = inference_model(model, runtime, precision, calibration, device=device)
     probabilities = getattr(model, "classifier_activation", None) == "softmax"
     with torch.inference_mode():
         for start in range(0, len(paths), batch_size):
@@ -174,11 +154,13 @@ def iter_predictions(model: nn.Module, paths: Sequence[Path], *, batch_size: int
 
 
 def predict_files(model: nn.Module, paths: Sequence[Path], *, batch_size: int = 8, mode: str | None = None,
-                  runtime: str = "eager", device: torch.device | str = "cpu") -> torch.Tensor:
+                  runtime: str = "eager", device: torch.device | str = "cpu", precision: str | None = None,
+                  calibration: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """Class probabilities (N, classes, float32, on the CPU) for the image files at ``paths``, preprocessed as
     recorded with the model's weights (``model.weights_meta``, else its ``default_cfg``); ``mode`` overrides
-    the preprocessing. ``runtime`` ('eager' or 'onnxruntime', see :mod:`convzoo.runtime`) runs the model;
-    the eager runtime runs a BatchNorm-folded, channels-last copy of it on ``device`` (under bfloat16
-    autocast on CUDA), ONNX Runtime only on the CPU. ``model`` is left as it is."""
+    the preprocessing. :func:`convzoo.runtime.inference_model` runs the model: ``runtime`` 'eager' (a
+    BatchNorm-folded, channels-last copy on ``device``), 'onnxruntime' or 'openvino' (the CPU only), in
+    ``precision`` (None: bf16 where it pays, else fp32; int8 calibrated on ``calibration``). ``model`` is left
+    as it is."""
     return torch.cat(list(iter_predictions(model, paths, batch_size=batch_size, mode=mode, runtime=runtime,
-                                           device=device)))
+                                           device=device, precision=precision, calibration=calibration)))

@@ -21,6 +21,7 @@ VERB_MODULES: list[str] = [
     "convzoo.cli.bench",
     "convzoo.cli.train",
     "convzoo.cli.weights",
+    "convzoo.cli.info",
 ]
 
 
