@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-import convzoo.hardware
 from convzoo import create_model
 from convzoo.cli import main
 from convzoo.train.evaluate import EvalOptions, evaluate_target
@@ -29,22 +28,17 @@ def cifar(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(cifar, tmp_path_factory) -> tuple[Path, Path]:
-    """Two runs in fp32, so that eval (in fp32 here, see fp32_eval) reproduces their validation figures."""
+    """Two runs in fp32, so that eval (in fp32 here, see eval_json) reproduces their validation figures."""
     root = tmp_path_factory.mktemp("runs")
     assert main(train_args(cifar, root / "a", 2, "--no-bf16")) == 0
     assert main(train_args(cifar, root / "b", 1, "--no-bf16", "--set", "label_smoothing=0")) == 0
     return root / "a", root / "b"
 
 
-@pytest.fixture(autouse=True)
-def fp32_eval(monkeypatch):
-    """eval in fp32 even on a CPU where bf16 pays (its default there)."""
-    monkeypatch.setattr(convzoo.hardware, "bf16_pays", lambda device: False)
-
-
 def eval_json(capsys, *args: str) -> dict:
+    """``eval --json`` in float32 (on any CPU: bf16 is the default where it pays)."""
     capsys.readouterr()
-    assert main(["eval", *args, "--json"]) == 0
+    assert main(["eval", *args, "--json", "--precision", "fp32"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
     return json.loads(out[0])
@@ -95,7 +89,7 @@ def test_eval_a_checkpoint_outside_any_run(cifar, tmp_path, capsys):
 
 def test_eval_on_cpu_matches_the_trainers_validation(runs):
     run = runs[0]
-    tally = evaluate_target(run, opts=EvalOptions(device="cpu")).tally
+    tally = evaluate_target(run, opts=EvalOptions(device="cpu", precision="fp32")).tally
     best = max(rows(run), key=lambda r: float(r["val_acc"]))
     assert tally.loss == pytest.approx(float(best["val_loss"]), abs=1e-5)
 

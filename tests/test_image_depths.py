@@ -36,7 +36,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def probabilities(checkpoint: Path, image: Path, capsys) -> np.ndarray:
     """`convzoo predict --json` probabilities of the ten classes, by class id."""
     shown = run_in_process(["predict", "--weights", str(checkpoint), str(image), "--top", "10", "--json",
-                            "--device", "cpu"], capsys)
+                            "--device", "cpu", "--precision", "fp32"], capsys)
     assert shown.code == 0, shown.err
     predictions = json.loads(shown.out)["predictions"]
     return np.array([p["probability"] for p in sorted(predictions, key=lambda p: int(p["class_id"]))])

@@ -76,7 +76,8 @@ def test_a_softmax_classifier_is_read_as_probabilities_once(capsys, tmp_path, ph
     assert read_checkpoint(soft_ckpt).model_args["classifier_activation"] == "softmax"
     rows = {}
     for name, ckpt in (("logits", logits_ckpt), ("softmax", soft_ckpt)):
-        code, out, err = cli(capsys, "predict", "--weights", ckpt, photo, "--json", "--device", "cpu")
+        code, out, err = cli(capsys, "predict", "--weights", ckpt, photo, "--json", "--device", "cpu",
+                             "--precision", "fp32")
         assert code == 0, err
         rows[name] = {p["label"]: p["probability"] for p in json_lines(out)[0]["predictions"]}
     assert rows["logits"] == pytest.approx(rows["softmax"], abs=1e-5)

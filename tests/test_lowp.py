@@ -9,8 +9,12 @@ held-out split the run recorded (``train_val_split(embedded_cifar10(), 0.1, 0)``
 
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
+from string import Template
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,16 +22,21 @@ from PIL import Image
 
 import convzoo
 import convzoo.optimize
+import convzoo.predict as predict_module
+import convzoo.runtime.inference as inference_module
+import convzoo.train.evaluate as evaluate_module
 from convzoo import hardware
 from convzoo.cli import main
 from convzoo.data import BatchLoader, embedded_cifar10, train_val_split
 from convzoo.data.calibration import calibration_images, find_calibration_files
 from convzoo.data.transforms import ImageTransform
-from convzoo.errors import AccuracyGuardError, ConfigError, DataError, MissingDependencyError
+from convzoo.errors import AccuracyGuardError, ConfigError, ConvzooWarning, DataError, MissingDependencyError
 from convzoo.runtime import (PRECISIONS, RUNTIME_PRECISIONS, RUNTIMES, GuardResult, OnnxRuntimeModel, OpenVinoModel,
                              TorchModel, calibration_set, compare_predictors, default_precision, inference_model)
 from convzoo.predict import predict_files
 from convzoo.preprocess import mode_stats
+
+from bad_inputs import CLASSES10, ENV, error_line, run_in_fresh_process, run_in_process, train_argv, write_cifar_bin
 
 AVX2_ONLY = hardware.CpuInfo("GenuineIntel", "Intel(R) Xeon(R) CPU E5-2686 v4", 2, frozenset({"avx2"}), "test")
 XEON_AMX = hardware.CpuInfo("GenuineIntel", "Intel(R) Xeon(R) Platinum 8481C", 2,
@@ -86,16 +95,17 @@ def test_precisions_a_runtime_does_not_run_are_refused(tiny, runtime, precision)
     assert "\n" not in str(exc.value)
 
 
-def test_unreadable_calibration_images_are_data_error(tmp_path, tiny, caplog):
+def test_unreadable_calibration_images_are_data_error(tmp_path, tiny):
     folder = tmp_path / "calib"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.jpg").write_bytes(b"not a jpeg at all")
     (folder / "sub" / "b.png").write_bytes(b"")
     (folder / "notes.txt").write_text("not an image")
-    with pytest.raises(DataError, match=r"found 2 file\(s\), none readable") as exc:
-        calibration_images(tiny, folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning besides the error
+        with pytest.raises(DataError, match=r"found 2 file\(s\), none readable \(first: .*a\.jpg") as exc:
+            calibration_images(tiny, folder)
     assert "\n" not in str(exc.value)
-    assert "skipped" in caplog.text
 
 
 @pytest.mark.parametrize("make", ["empty", "missing", "text_only"])
@@ -109,13 +119,14 @@ def test_no_calibration_images_is_data_error(tmp_path, make):
         find_calibration_files(source)
 
 
-def test_calibration_images_are_read_as_the_model_takes_them(tmp_path, tiny, split, caplog):
+def test_calibration_images_are_read_as_the_model_takes_them(tmp_path, tiny, split):
     images = split[1].images[:5]
     for i, im in enumerate(images):
         Image.fromarray(im.permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
-    batches = calibration_images(tiny, [tmp_path], batch_size=2)
-    assert [b.shape[0] for b in batches] == [2, 2, 1] and "broken.png" in caplog.text
+    with pytest.warns(ConvzooWarning, match=r"calibration: skipped 1 unreadable of 6 files \(first: .*broken\.png") as rec:
+        batches = calibration_images(tiny, [tmp_path], batch_size=2)
+    assert len(rec) == 1 and [b.shape[0] for b in batches] == [2, 2, 1]
     expected = ImageTransform.from_model(tiny)(sorted(tmp_path.glob("[0-9].png")))
     torch.testing.assert_close(torch.cat(batches), expected)
     # More files than the limit: evenly spaced over the sorted files.
@@ -317,12 +328,18 @@ def test_guard_refuses_mismatched_logits(tiny, split):
 # --- the guard on a trained model (slow: trains for about 20 s) -----------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """xception_cifar_tiny after the fast recipe's first 3 epochs, through the command line."""
+def trained_run(tmp_path_factory):
+    """The run folder of xception_cifar_tiny after the fast recipe's first 3 epochs, through the command line."""
     run = tmp_path_factory.mktemp("lowp") / "run"
-    subprocess.run([sys.executable, "-m", "convzoo", "train", "--recipe", "fast", "--set", "epochs=3", "--set", "warmup_epochs=1",
-                    "--out", str(run)], check=True, capture_output=True, env={**os.environ})
-    return convzoo.load_checkpoint(run / "last").eval()
+    subprocess.run([sys.executable, "-m", "convzoo", "train", "--recipe", "fast", "--set", "epochs=3", "--set",
+                    "warmup_epochs=1", "--out", str(run)], check=True, capture_output=True, env={**os.environ})
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run):
+    """The trained run's last checkpoint."""
+    return convzoo.load_checkpoint(trained_run / "last").eval()
 
 
 @pytest.fixture(scope="module")
@@ -352,3 +369,239 @@ def test_int8_calibrated_on_the_wrong_images_fails_the_guard(trained, held_out):
     with pytest.raises(AccuracyGuardError, match=r"onnxruntime int8 fails the accuracy guard on 508 images: "
                                                  r".*points short"):
         result.check("onnxruntime int8")
+
+
+# --- the command line: predict and eval's --runtime, --precision, --calibration; the trainer's --bf16 ---------
+
+SLOW_BF16 = re.compile(r"convzoo: warning: bf16 on this CPU \(Intel\(R\) Xeon\(R\) CPU E5-2686 v4\) will be slow: "
+                       r"the CPU has no AMX-BF16 or AVX512-BF16 arithmetic.*; fp32 is faster here")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, split):
+    """What the command-line tests feed the verbs: a checkpoint of the untrained tiny model (CIFAR-10's
+    classes), four photos, a CIFAR-10 folder (200 training, 40 test images), calibration folders (five
+    photos and a broken file; only unreadable files; none)."""
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(2)
+    model = convzoo.create_model("xception_cifar_tiny").eval()
+    ckpt = convzoo.save_checkpoint(model, root / "tiny.safetensors", class_names=list(CLASSES10))
+    photos, calib, bad, empty = (root / name for name in ("photos", "calib", "bad", "empty"))
+    for folder in (photos, calib, bad, empty):
+        folder.mkdir()
+    for folder, images in ((photos, split[1].images[:4]), (calib, split[0].images[:5])):
+        for i, im in enumerate(images):
+            Image.fromarray(im.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    (calib / "broken.png").write_bytes(b"\x89PNG broken")
+    (bad / "a.jpg").write_bytes(b"not a jpeg at all")
+    (bad / "b.png").write_bytes(b"")
+    cifar = write_cifar_bin(root / "cifar", 200, 40)
+    return SimpleNamespace(root=root, model=model, ckpt=ckpt, photos=sorted(photos.glob("*.png")), calib=calib,
+                           bad=bad, empty=empty, cifar=cifar)
+
+
+def verb_argv(verb: str, files) -> list[str]:
+    """predict of the first photo, or eval on the CIFAR folder's 40 test images, with the tiny checkpoint."""
+    if verb == "predict":
+        return ["predict", "--weights", str(files.ckpt), str(files.photos[0]), "--device", "cpu"]
+    return ["eval", str(files.ckpt), "--data", str(files.cifar), "--device", "cpu"]
+
+
+@pytest.fixture
+def calibrated(monkeypatch):
+    """The calibration batches ONNX Runtime's int8 quantization receives, one tensor (N, 3, H, W) per model."""
+    seen = []
+    quantize = inference_module.quantize_onnx
+
+    def spy(src, dst, calibration):
+        seen.append(torch.cat(list(calibration)))
+        return quantize(src, dst, calibration)
+
+    monkeypatch.setattr(inference_module, "quantize_onnx", spy)
+    return seen
+
+
+INT8 = ["--runtime", "onnxruntime", "--precision", "int8"]
+BAD_INPUT = {
+    "openvino-not-installed": (["--runtime", "openvino"],
+                               "the openvino runtime needs openvino, which is not installed: "
+                               "pip install 'convzoo[openvino]'"),
+    "int8-without-calibration": (INT8, "--precision int8 needs calibration images (--calibration DIR|GLOB"),
+    "calibration-of-unreadable-images": ([*INT8, "--calibration", "$bad"], "found 2 file(s), none readable"),
+    "calibration-folder-empty": ([*INT8, "--calibration", "$empty"], "expected calibration images"),
+    "calibration-glob-of-nothing": ([*INT8, "--calibration", "$empty/*.jpg"], "expected calibration images"),
+    "bf16-in-onnxruntime": (["--runtime", "onnxruntime", "--precision", "bf16"],
+                            "the onnxruntime runtime runs precision fp32 | int8, got 'bf16' (bf16 runs in --runtime "
+                            "eager or openvino)"),
+    "int8-in-eager": (["--precision", "int8", "--calibration", "$calib"],
+                      "(int8 runs in --runtime onnxruntime or openvino)"),
+    "calibration-without-int8": (["--precision", "fp32", "--calibration", "$calib"],
+                                 "--calibration images calibrate --precision int8; they have no use in fp32"),
+    "bf16-and-precision": (["--bf16", "--precision", "fp32"], "--precision: not allowed with argument --bf16"),
+    "unknown-precision": (["--precision", "fp16"], "invalid choice: 'fp16'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+@pytest.mark.parametrize("verb", ["predict", "eval"])
+def test_runtime_flags_bad_input_is_one_line(verb, case, files, capsys, monkeypatch):
+    flags, expected = BAD_INPUT[case]
+    if case == "openvino-not-installed":
+        monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` raise ImportError
+    flags = [Template(flag).substitute(bad=files.bad, empty=files.empty, calib=files.calib) for flag in flags]
+    error_line(run_in_process([*verb_argv(verb, files), *flags], capsys), expected)
+
+
+def test_openvino_not_installed_in_a_fresh_process(files, tmp_path):
+    """A fresh process whose ``import openvino`` fails, as where it is not installed."""
+    (tmp_path / "openvino").mkdir()
+    (tmp_path / "openvino" / "__init__.py").write_text("raise ImportError('No module named openvino')\n")
+    shown = run_in_fresh_process([*verb_argv("predict", files), "--runtime", "openvino"],
+                                 env={"PYTHONPATH": os.pathsep.join([str(tmp_path), ENV["PYTHONPATH"]])})
+    error_line(shown, "the openvino runtime needs openvino, which is not installed: pip install 'convzoo[openvino]'")
+
+
+@pytest.mark.parametrize("source, n, warned", [("folder", 5, True), ("glob", 3, False)])
+def test_predict_int8_calibrates_on_the_named_images(source, n, warned, files, calibrated, capsys):
+    """The images of --calibration (a folder, or a glob) read as the photos are, unreadable ones skipped with
+    one warning line."""
+    named = str(files.calib) if source == "folder" else str(files.calib / "[0-2].png")
+    shown = run_in_process(["predict", "--weights", str(files.ckpt), *map(str, files.photos), "--json", *INT8,
+                            "--calibration", named], capsys)
+    assert shown.code == 0, shown.err
+    assert len(shown.out.splitlines()) == len(files.photos)
+    expected = ImageTransform.from_model(files.model)(sorted(files.calib.glob("[0-9].png"))[:n])
+    assert len(calibrated) == 1
+    torch.testing.assert_close(calibrated[0], expected)
+    skipped = r"convzoo: warning: calibration: skipped 1 unreadable of 6 files \(first: .*broken\.png: .*\)\n"
+    assert re.fullmatch(skipped, shown.err) if warned else shown.err == ""
+
+
+@pytest.fixture(scope="module")
+def small_run(files, tmp_path_factory):
+    """A run of the tiny model (one epoch) on the CIFAR folder: 180 training images, 20 held out."""
+    run = tmp_path_factory.mktemp("small") / "run"
+    assert main(train_argv(files.cifar, run, 1, "--no-bf16")) == 0
+    return run
+
+
+def test_int8_of_a_run_checkpoint_calibrates_on_its_training_data(small_run, files, calibrated, capsys):
+    """Without --calibration, predict and eval of a run's checkpoint calibrate on the run's training split."""
+    n_train = json.loads((small_run / "config.json").read_text())["train_images"]
+    shown = run_in_process(["predict", "--weights", str(small_run / "best"), str(files.photos[0]), *INT8], capsys)
+    assert shown.code == 0, shown.err
+    shown = run_in_process(["eval", str(small_run), *INT8, "--json"], capsys)
+    result = json.loads(shown.out)
+    assert shown.code == (0 if result["guard"]["passed"] else 1), shown.err
+    assert (result["runtime"], result["precision"], result["guard"]["n"]) == ("onnxruntime", "int8", 20)
+    assert result["guard"]["top1_candidate"] == pytest.approx(100 * result["top1"])
+    assert n_train == 180 and [x.shape for x in calibrated] == [(n_train, 3, 32, 32)] * 2
+
+
+def test_eval_says_when_the_guard_fails_by_how_much_and_exits_1(files, capsys, monkeypatch):
+    """A broken candidate (fp32 with the top class of every third image moved) against fp32 on 40 images:
+    14 of them differ, so the agreement is 65% (33 points short of 98%)."""
+    build = evaluate_module.inference_model
+
+    def broken(model, runtime, precision, *args, **kwargs):
+        return build(model, runtime, precision, *args, **kwargs) if precision == "fp32" else \
+            flip_every(3, build(model, runtime, "fp32", *args, **kwargs))
+
+    monkeypatch.setattr(evaluate_module, "inference_model", broken)
+    argv = [*verb_argv("eval", files), "--precision", "bf16", "--batch-size", "40"]
+    shown = run_in_process(argv, capsys)
+    assert shown.code == 1
+    assert "accuracy guard, bf16 against fp32 on 40 images: FAILED" in shown.out.splitlines()
+    assert "  top-1 agreement with fp32 65.00% (at least 98% needed)" in shown.out.splitlines()
+    assert re.fullmatch(r"convzoo: error: eager bf16 fails the accuracy guard on 40 images: (.*; )?top-1 agreement "
+                        r"with fp32 65\.00% \(at least 98% needed, 33\.00 points short\)\n", shown.err)
+    shown = run_in_process([*argv, "--json"], capsys)
+    guard = json.loads(shown.out)["guard"]
+    assert shown.code == 1 and (guard["agreement"], guard["passed"], guard["n"]) == (65.0, False, 40)
+
+
+@pytest.mark.parametrize("flag", [("--precision", "bf16"), ("--bf16",)])
+@pytest.mark.parametrize("verb", ["predict", "eval"])
+def test_bf16_forced_on_a_cpu_without_it_warns_one_line_then_runs(verb, flag, files, capsys, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_info", lambda: AVX2_ONLY)
+    shown = run_in_process([*verb_argv(verb, files), *flag, "--json"], capsys)
+    lines = shown.err.splitlines()
+    assert SLOW_BF16.fullmatch(lines[0]) and not any("warning" in line for line in lines[1:]), shown.err
+    result = json.loads(shown.out.splitlines()[0])
+    if verb == "predict":
+        assert shown.code == 0 and len(result["predictions"]) == 5
+    else:
+        assert result["precision"] == "bf16" and shown.code == (0 if result["guard"]["passed"] else 1)
+
+
+@pytest.mark.parametrize("cpu, precision", [(AVX2_ONLY, "fp32"), (XEON_AMX, "bf16")])
+def test_predict_and_eval_default_to_bf16_where_it_pays(cpu, precision, files, capsys, monkeypatch):
+    """The default precision follows the hardware rule (faked here), without a guard or a warning."""
+    monkeypatch.setattr(hardware, "cpu_info", lambda: cpu)
+    built = []
+    build = predict_module.inference_model
+    monkeypatch.setattr(predict_module, "inference_model",
+                        lambda model, runtime, chosen, *a, **k: built.append(chosen) or build(model, runtime, chosen,
+                                                                                              *a, **k))
+    shown = run_in_process([*verb_argv("predict", files), "--json"], capsys)
+    assert (shown.code, shown.err, built) == (0, "", [precision])
+    shown = run_in_process([*verb_argv("eval", files), "--json"], capsys)
+    result = json.loads(shown.out)
+    assert (shown.code, shown.err, result["precision"], result["guard"]) == (0, "", precision, None)
+
+
+@pytest.mark.parametrize("cpu, flags, bf16, warned", [
+    (AVX2_ONLY, ["--bf16"], True, True), (AVX2_ONLY, [], False, False),
+    (XEON_AMX, [], True, False), (XEON_AMX, ["--no-bf16"], False, False)])
+def test_trainer_bf16_follows_the_cpu_and_warns_when_forced_where_slow(cpu, flags, bf16, warned, files, tmp_path,
+                                                                     capsys, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_info", lambda: cpu)
+    shown = run_in_process(train_argv(files.cifar, tmp_path / "run", 1, *flags), capsys)
+    assert shown.code == 0, shown.err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["bf16"] is bf16
+    warned_lines = [line for line in shown.err.splitlines() if "warning" in line.lower()]
+    assert len(warned_lines) == warned and all(SLOW_BF16.fullmatch(line) for line in warned_lines), shown.err
+
+
+# --- the guard through eval on a trained model (slow: trains for about 20 s) --------------------------------
+
+GUARD_LINES = re.compile(r"accuracy guard, (\w+) against fp32 on 508 images: passed\n"
+                         r"  top-1 (\d+\.\d\d)% against fp32's (\d+\.\d\d)%: ([+-]\d+\.\d\d) points "
+                         r"\(at most 0\.5 below allowed\)\n"
+                         r"  top-1 agreement with fp32 (\d+\.\d\d)% \(at least 98% needed\)\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime, precision", [("onnxruntime", "int8"), ("eager", "bf16"), ("openvino", "int8")])
+def test_eval_prints_the_guard_of_a_trained_model(trained_run, capsys, runtime, precision):
+    """eval in a lower precision (int8 calibrated on the run's training data) prints both top-1 figures, their
+    difference and the agreement, within the guard, and the fp32 figure is eval's own in fp32."""
+    if runtime == "openvino":
+        pytest.importorskip("nncf")
+    argv = ["eval", str(trained_run), "--checkpoint", "last"]
+    fp32 = run_in_process([*argv, "--precision", "fp32", "--json"], capsys)
+    assert fp32.code == 0, fp32.err
+    shown = run_in_process([*argv, "--runtime", runtime, "--precision", precision], capsys)
+    assert shown.code == 0 and shown.err == "", shown.err
+    found = GUARD_LINES.search(shown.out)
+    assert found, shown.out
+    named, top1, top1_fp32, diff, agreement = found.group(1), *map(float, found.groups()[1:])
+    top1_shown = float(re.search(r"^top-1 (\d\.\d{4})", shown.out, re.MULTILINE).group(1))
+    assert named == precision and f"runtime {runtime}, precision {precision}" in shown.out
+    assert top1_fp32 == pytest.approx(100 * json.loads(fp32.out)["top1"], abs=0.005)
+    assert top1 == pytest.approx(100 * top1_shown, abs=0.01) and diff == pytest.approx(top1 - top1_fp32, abs=0.011)
+    assert top1_fp32 > 30.0 and diff >= -0.5 and agreement >= 98.0
+
+
+@pytest.mark.slow
+def test_eval_of_int8_calibrated_on_the_wrong_images_fails_the_guard(trained_run, tmp_path, capsys):
+    """Calibration images of one flat colour (the data's mean: inputs of zeros) clip every real activation."""
+    mean = tuple(round(m) for m in mode_stats("cifar")[0])
+    for i in range(16):
+        Image.new("RGB", (32, 32), mean).save(tmp_path / f"{i}.png")
+    shown = run_in_process(["eval", str(trained_run), "--checkpoint", "last", *INT8, "--calibration", str(tmp_path)],
+                           capsys)
+    assert shown.code == 1
+    assert "accuracy guard, int8 against fp32 on 508 images: FAILED" in shown.out
+    assert re.fullmatch(r"convzoo: error: onnxruntime int8 fails the accuracy guard on 508 images: .*top-1 agreement "
+                        r"with fp32 \d+\.\d\d% \(at least 98% needed, \d+\.\d\d points short\)\n", shown.err)

@@ -10,13 +10,12 @@ import torch
 from PIL import Image
 
 import convzoo
-import convzoo.hardware
 from convzoo.cli import main
 from convzoo.errors import ConfigError
-from convzoo.predict import decode_predictions, imagenet_classes, predict_files, runtime_device
+from convzoo.predict import decode_predictions, imagenet_classes, predict_files
 from convzoo.data.transforms import ImageTransform
 from convzoo.preprocess import preprocess_input
-from convzoo.runtime import inference_model, resolve_device
+from convzoo.runtime import inference_model, resolve_device, runtime_device
 from helpers import randomize_batchnorm_
 
 
@@ -99,14 +98,9 @@ def test_transform_resizes_and_centre_crops(photos):
     assert batch.min() >= -1 and batch.max() <= 1
 
 
-@pytest.fixture
-def fp32_default(monkeypatch):
-    """The command line's eager runtime in fp32 even on a CPU where bf16 pays (for comparisons at 1e-5)."""
-    monkeypatch.setattr(convzoo.hardware, "bf16_pays", lambda device: False)
-
-
-def test_predict_with_a_checkpoint_json(capsys, photos, cifar_checkpoint, fp32_default):
-    code, out, err = run(capsys, "predict", "--weights", str(cifar_checkpoint), str(photos), "--top", "3", "--json")
+def test_predict_with_a_checkpoint_json(capsys, photos, cifar_checkpoint):
+    code, out, err = run(capsys, "predict", "--weights", str(cifar_checkpoint), str(photos), "--top", "3", "--json",
+                         "--precision", "fp32")  # float32, compared at 1e-5 on any CPU
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [os.path.basename(r["image"]) for r in rows] == ["a.jpg", "b.png"]
@@ -131,11 +125,11 @@ def test_predict_imagenet_table(capsys, tmp_path, photos):
     assert wnid in {w for w, _ in imagenet_classes()}
 
 
-def test_predict_onnxruntime_matches_eager(capsys, photos, bn_checkpoint, fp32_default):
+def test_predict_onnxruntime_matches_eager(capsys, photos, bn_checkpoint):
     rows = {}
     for runtime in ("eager", "onnxruntime"):
         code, out, err = run(capsys, "predict", "--weights", str(bn_checkpoint), str(photos), "--top", "3", "--json",
-                             "--runtime", runtime)
+                             "--runtime", runtime, "--precision", "fp32")
         assert code == 0, err
         rows[runtime] = [json.loads(line) for line in out.splitlines()]
     assert len(rows["eager"]) == len(rows["onnxruntime"]) == 2

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from .errors import ConvzooWarning
+
 # The flags that decide low-precision speed, by their /proc/cpuinfo names.
 FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "avx512f", "avx512_bf16", "avx512_vnni",
          "avx512_fp16", "avx_vnni", "avx2")
@@ -133,13 +135,13 @@ def bf16_pays(device: torch.device) -> bool:
 
 
 def warn_if_bf16_slow(device: torch.device) -> None:
-    """Warn (one line, :class:`UserWarning`) when bf16 is asked for on a device where it does not pay; for
-    the command-line verbs when ``--bf16`` is forced (they print it as a ``convzoo: warning:`` line)."""
+    """Warn (one line, :class:`ConvzooWarning`) when bf16 is asked for on a device where it does not pay; for
+    the command-line verbs when bf16 is forced (they print it as a ``convzoo: warning:`` line)."""
     pays, why = bf16_verdict(device)
     if pays:
         return
     where = f"this CPU ({cpu_info().model})" if device.type == "cpu" else str(device)
-    warnings.warn(f"bf16 on {where} will be slow: {why}; fp32 is faster here", stacklevel=2)
+    warnings.warn(f"bf16 on {where} will be slow: {why}; fp32 is faster here", ConvzooWarning, stacklevel=2)
 
 
 @functools.lru_cache(maxsize=1)

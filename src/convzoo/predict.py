@@ -17,7 +17,7 @@ from .data.transforms import ImageTransform
 from .errors import ConfigError, ImageError
 from .factory import create_model
 from .registry import get_model_cfg
-from .runtime import inference_model, resolve_device
+from .runtime import inference_model
 from .utils.fileio import complete_folder
 from .weights import load_checkpoint
 from .weights.formats import CHECKPOINT_FILE, CONVZOO, detect_format
@@ -128,15 +128,6 @@ def resolve_features_model(model_name: str | None, weights: str | None) -> tuple
     if model_name is None:
         raise ConfigError("expected --model NAME (or a convzoo checkpoint as --weights)")
     return create_model(model_name, weights=weights).eval(), None
-
-
-def runtime_device(device: str, runtime: str = "eager") -> torch.device:
-    """The device ``runtime`` runs on for a ``--device`` choice: ONNX Runtime runs on the CPU."""
-    if runtime == "eager":
-        return resolve_device(device)
-    if device == "cuda":
-        raise ConfigError(f"--runtime {runtime} runs on the CPU here: use --runtime eager with --device cuda")
-    return torch.device("cpu")
 
 
 def iter_predictions(model: nn.Module, paths: Sequence[Path], *, batch_size: int = 8, mode: str | None = None,

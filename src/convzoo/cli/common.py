@@ -11,10 +11,11 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from ..errors import UnknownModelError
+from ..errors import ConvzooWarning, UnknownModelError
 from ..registry import get_model_cfg
+from ..runtime import PRECISIONS, RUNTIME_PRECISIONS, RUNTIMES
 from ..train.recipes import MAX_SEED
 
 # The largest image side the verbs take (summary, graph, bench, export): far beyond any classification input,
@@ -112,9 +113,51 @@ def output_file(*suffixes: str, what: str = "the output", folder_ok: bool = Fals
     return lambda text: check_output_file(text, suffixes, what, folder_ok)
 
 
+def add_runtime_flags(p: argparse.ArgumentParser, guard: str = "") -> None:
+    """``--runtime``, ``--precision`` (or ``--bf16/--no-bf16``) and ``--calibration``, shared by predict and
+    eval; ``guard`` ends the help of ``--precision``. :func:`precision_of` reads the precision back."""
+    runs = "; ".join(f"{r} {'/'.join(ps)}" for r, ps in RUNTIME_PRECISIONS.items())
+    p.add_argument("--runtime", choices=RUNTIMES, default="eager",
+                   help="run the model in PyTorch (eager, default), or BatchNorm folded and exported to ONNX in "
+                        "ONNX Runtime or OpenVINO (the CPU only; OpenVINO: pip install 'convzoo[openvino]')")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--precision", choices=PRECISIONS,
+                       help=f"arithmetic of the model ({runs}); default: bf16 where the runtime runs it and it "
+                            f"pays on the device (a CPU with AMX-BF16 or AVX512-BF16, see `convzoo info`; a CUDA GPU "
+                            f"with bf16), else fp32{guard}")
+    group.add_argument("--bf16", action=argparse.BooleanOptionalAction,
+                       help="the same as --precision bf16 (--no-bf16: fp32); slow on a CPU without bf16 arithmetic")
+    p.add_argument("--calibration", metavar="DIR|GLOB",
+                   help="images to calibrate --precision int8 on: a folder or a glob of a few hundred images like "
+                        "those the model will see (default for a checkpoint of a run: its training data)")
+
+
+def precision_of(args: argparse.Namespace) -> str | None:
+    """The precision :func:`add_runtime_flags`' flags ask for, None when none is named."""
+    return args.precision if args.bf16 is None else "bf16" if args.bf16 else "fp32"
+
+
 def warn(message: str) -> None:
     """Print ``message`` as one ``convzoo: warning:`` line on stderr."""
     print(f"convzoo: warning: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def convzoo_warnings_as_lines() -> Iterator[None]:
+    """While inside, each :class:`ConvzooWarning` is printed at once as one ``convzoo: warning:`` line on
+    stderr; other warnings are shown as Python shows them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ConvzooWarning)
+        shown = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *rest: Any, **kwargs: Any) -> None:
+            if issubclass(category, ConvzooWarning):
+                print(f"convzoo: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, *rest, **kwargs)
+
+        warnings.showwarning = show
+        yield
 
 
 @contextlib.contextmanager

@@ -7,16 +7,19 @@ import json
 import sys
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
+from ..data.calibration import calibration_images
+from ..data.transforms import ImageTransform
 from ..errors import ConfigError
 from ..optimize import tune_cpu_allocator
-from ..predict import (class_labels, decode_predictions, expand_inputs, iter_predictions, resolve_model,
-                       runtime_device)
+from ..predict import class_labels, decode_predictions, expand_inputs, iter_predictions, resolve_model
 from ..preprocess import MODES, choose_preprocessing
-from ..runtime import DEVICES, RUNTIMES
+from ..runtime import DEVICES, choose_precision, runtime_device
+from ..train.calibration import run_calibration, run_data
 from ..utils.fileio import read_names
-from .common import model_name, positive_int, warn
+from .common import add_runtime_flags, convzoo_warnings_as_lines, model_name, positive_int, precision_of, warn
 
 
 def _top(requested: int | None, n_classes: int) -> int:
@@ -39,9 +42,20 @@ def _print(paths: list, decoded: list, as_json: bool) -> None:
                 print(f"  {rank}. {name:<30} {c:<10} {p:.4f}")
 
 
+def _calibration(args: argparse.Namespace, model: nn.Module, mode: str) -> list[torch.Tensor] | None:
+    """int8 calibration images, read as the photos are: ``--calibration``'s, else (for a checkpoint of a run)
+    the run's training data, else None (which the runtime refuses with a one-line error)."""
+    transform = ImageTransform.from_model(model, mode)
+    if args.calibration is not None:
+        return calibration_images(model, args.calibration, transform=transform)
+    spec = run_data(args.weights) if args.weights is not None and not args.weights.startswith("imagenet") else None
+    return run_calibration(spec, transform, transform.normalize) if spec is not None else None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """``convzoo predict``: top-k classes for each image, as a table or JSON lines."""
     device = runtime_device(args.device, args.runtime)
+    precision = choose_precision(args.runtime, precision_of(args), device, calibrating=args.calibration is not None)
     if device.type == "cpu":
         tune_cpu_allocator()
     paths = expand_inputs(args.images)
@@ -52,11 +66,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     mode, warning = choose_preprocessing(model, args.preprocessing)
     if warning:
         warn(warning)
-    batches = iter_predictions(model, paths, batch_size=args.batch_size, mode=mode, runtime=args.runtime,
-                               device=device)
     progress = len(paths) > 4 * args.batch_size and sys.stderr.isatty()
-    probs = torch.cat(list(tqdm(batches, total=-(-len(paths) // args.batch_size), disable=not progress,
-                                unit="batch", file=sys.stderr)))
+    with convzoo_warnings_as_lines():
+        calibration = _calibration(args, model, mode) if precision == "int8" else None
+        batches = iter_predictions(model, paths, batch_size=args.batch_size, mode=mode, runtime=args.runtime,
+                                   device=device, precision=precision, calibration=calibration)
+        probs = torch.cat(list(tqdm(batches, total=-(-len(paths) // args.batch_size), disable=not progress,
+                                    unit="batch", file=sys.stderr)))
     _print(paths, decode_predictions(probs, top, labels), args.json)
     return 0
 
@@ -76,9 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--preprocessing", choices=MODES,
                    help="normalise with this mode instead of the one recorded with the weights (warns)")
-    p.add_argument("--runtime", choices=RUNTIMES, default="eager",
-                   help="run the model in PyTorch (eager) or, BatchNorm folded and exported to ONNX, in ONNX Runtime")
+    add_runtime_flags(p)
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the eager runtime runs (default: auto, a CUDA GPU when there is one); "
-                        "onnxruntime runs on the CPU")
+                        "onnxruntime and openvino run on the CPU")
     p.set_defaults(func=cmd_predict)

@@ -13,19 +13,20 @@ import contextlib
 import json
 import logging
 import sys
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import ConfigError, ConvzooWarning
+from ..errors import AccuracyGuardError, ConfigError
 from ..optimize import tune_cpu_allocator
 from ..preprocess import MODES
-from ..runtime import COMPILE_MODES, DEVICES
+from ..runtime import COMPILE_MODES, DEVICES, GUARD_MAX_DROP, GUARD_MIN_AGREEMENT
 from ..train.compare import compare
 from ..train.evaluate import EvalOptions, Evaluated, evaluate_target, evaluate_weights
 from ..train.recipes import PIPELINES, apply_settings, get_recipe, list_recipes, override
 from ..train.trainer import TrainOptions, resume_recipe, train
-from .common import non_negative_int, output_file, positive_float, positive_int, seed
+from . import PREFIX
+from .common import (add_runtime_flags, convzoo_warnings_as_lines, non_negative_int, output_file, positive_float,
+                     positive_int, precision_of, seed)
 
 DEFAULT_RECIPE = "fast"
 TRAIN_LOGGER = "convzoo.train"
@@ -66,7 +67,10 @@ def _register_data(p: argparse.ArgumentParser) -> None:
 def _register_eval(subparsers: Any) -> None:
     p = subparsers.add_parser("eval", help="accuracy and confusion matrix of a run, a checkpoint or imported weights",
                               description="Evaluate a run or checkpoint (RUN_DIR|CHECKPOINT), or imported weights "
-                                          "(--model NAME --weights FILE --data DIR).")
+                                          "(--model NAME --weights FILE --data DIR).",
+                              epilog="Exit status: 0; 1 when the accuracy guard of a --precision other than fp32 "
+                                     f"fails (top-1 more than {GUARD_MAX_DROP:g} points below fp32's, or top-1 "
+                                     f"agreement with fp32 below {GUARD_MIN_AGREEMENT:g}%); 2 for bad input.")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", nargs="?")
     p.add_argument("--model", help="with --weights: the registered model the weights are imported into")
     p.add_argument("--weights", help="with --model: a weights file (any format convzoo imports), scored without a run")
@@ -79,6 +83,8 @@ def _register_eval(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, n, per_class)")
     p.add_argument("--preprocessing", choices=MODES,
                    help="normalise with this mode instead of the one recorded with the weights (warns)")
+    add_runtime_flags(p, guard="; a precision named other than fp32 is also run in fp32 (eager) on the same images "
+                               "and the accuracy guard printed")
     p.set_defaults(func=cmd_eval)
 
 
@@ -111,7 +117,8 @@ def _register_train(subparsers: Any) -> None:
                    help=f"torch.compile the model; MODE: {', '.join(COMPILE_MODES)} (default: default; "
                         f"reduce-overhead captures CUDA graphs)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction,
-                   help="bfloat16 autocast (default: on with a CUDA device that supports it, off on the CPU)")
+                   help="bfloat16 autocast (default: on where bf16 pays: a CUDA GPU with bf16, a CPU with AMX-BF16 or "
+                        "AVX512-BF16, see `convzoo info`; forced on a CPU without, it warns that it will be slow)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
     p.set_defaults(func=cmd_train)
 
@@ -136,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         overwrite=args.overwrite, resume=args.resume, weights=args.weights, device=args.device,
                         channels_last=args.channels_last, compile=args.compile, bf16=args.bf16,
                         deterministic=args.deterministic)
-    with _progress_lines_to_stdout(), _warnings_as_lines():
+    with _progress_lines_to_stdout(), convzoo_warnings_as_lines():
         train(opts)
     return 0
 
@@ -146,20 +153,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tune_cpu_allocator()
     opts = EvalOptions(labels=args.labels, pipeline=args.pipeline or "auto",
                        workers=2 if args.workers is None else args.workers, batch_size=args.batch_size,
-                       device=args.device, preprocessing=args.preprocessing)
+                       device=args.device, preprocessing=args.preprocessing, runtime=args.runtime,
+                       precision=precision_of(args), calibration=args.calibration)
     imported = args.model is not None or args.weights is not None
     if imported and (args.target or not (args.model and args.weights and args.data)):
         raise ConfigError("expected either RUN_DIR|CHECKPOINT, or --model NAME --weights FILE --data DATA")
     if not imported and not args.target:
         raise ConfigError("expected a run folder or checkpoint to evaluate, or --model NAME --weights FILE --data DATA")
-    with _warnings_as_lines():
+    with convzoo_warnings_as_lines():
         result = (evaluate_weights(args.model, args.weights, args.data, opts) if imported
                   else evaluate_target(args.target, args.data, args.checkpoint, opts))
     if args.json:
         print(json.dumps(result.as_dict()))
-        return 0
-    _print_eval(result)
-    return 0
+    else:
+        _print_eval(result)
+    return _guard_status(result)
 
 
 def _print_eval(result: Evaluated) -> None:
@@ -169,6 +177,7 @@ def _print_eval(result: Evaluated) -> None:
     print(f"{result.model}, checkpoint {result.checkpoint}{epoch}")
     skipped = f" ({result.skipped} unreadable images skipped)" if result.skipped else ""
     print(f"data: {result.data}, {t.n} images{skipped}")
+    print(f"runtime {result.runtime}, precision {result.precision}")
     print(f"top-1 {t.top1_acc:.4f}  top-5 {t.top5_acc:.4f}  loss {t.loss:.4f}")
     counts = t.confusion.sum(1).tolist()
     width = max(len(c) for c in result.classes + ["class"])
@@ -184,6 +193,24 @@ def _print_eval(result: Evaluated) -> None:
     if absent:
         print(f"({absent} classes without images not shown)")
     print(f"confusion matrix: {result.confusion_png}")
+    g = result.guard
+    if g is not None:
+        print(f"accuracy guard, {result.precision} against fp32 on {g.n} images: {'passed' if g.passed else 'FAILED'}")
+        print(f"  top-1 {g.top1_candidate:.2f}% against fp32's {g.top1_fp32:.2f}%: {-g.drop:+.2f} points "
+              f"(at most {g.max_drop:g} below allowed)")
+        print(f"  top-1 agreement with fp32 {g.agreement:.2f}% (at least {g.min_agreement:g}% needed)")
+
+
+def _guard_status(result: Evaluated) -> int:
+    """The exit status of ``eval``: 1, with the guard's one-line verdict on stderr, when the accuracy guard
+    fails; else 0."""
+    try:
+        if result.guard is not None:
+            result.guard.check(f"{result.runtime} {result.precision}")
+    except AccuracyGuardError as exc:
+        print(f"{PREFIX}{exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -227,21 +254,3 @@ def _progress_lines_to_stdout() -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def _warnings_as_lines() -> Iterator[None]:
-    """While inside, each :class:`ConvzooWarning` is printed at once as one ``convzoo: warning:`` line on
-    stderr; other warnings are shown as Python shows them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", ConvzooWarning)
-        shown = warnings.showwarning
-
-        def show(message: Any, category: type[Warning], *rest: Any, **kwargs: Any) -> None:
-            if issubclass(category, ConvzooWarning):
-                print(f"convzoo: warning: {message}", file=sys.stderr, flush=True)
-            else:
-                shown(message, category, *rest, **kwargs)
-
-        warnings.showwarning = show
-        yield

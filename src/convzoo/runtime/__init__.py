@@ -5,13 +5,13 @@ the accuracy guard of a lower precision against fp32 (:mod:`.guard`)."""
 
 from ..hardware import warn_if_bf16_slow
 from .device import COMPILE_MODES, DEVICES, autocast, bf16_pays, resolve_device
-from .guard import GUARD_MAX_DROP, GUARD_MIN_AGREEMENT, GuardResult, compare_predictors
+from .guard import GUARD_MAX_DROP, GUARD_MIN_AGREEMENT, GuardCount, GuardResult, compare_predictors
 from .inference import (CALIBRATION_IMAGES, PRECISIONS, RUNTIME_PRECISIONS, RUNTIMES, OnnxRuntimeModel,
-                        OpenVinoModel, Predictor, TorchModel, calibration_set, check_precision, default_precision,
-                        export_folded_onnx, inference_model, require_runtime)
+                        OpenVinoModel, Predictor, TorchModel, calibration_set, check_precision, choose_precision,
+                        default_precision, export_folded_onnx, inference_model, require_runtime, runtime_device)
 
 __all__ = ["CALIBRATION_IMAGES", "COMPILE_MODES", "DEVICES", "GUARD_MAX_DROP", "GUARD_MIN_AGREEMENT", "PRECISIONS",
-           "RUNTIMES", "RUNTIME_PRECISIONS", "GuardResult", "OnnxRuntimeModel", "OpenVinoModel", "Predictor",
-           "TorchModel", "autocast", "bf16_pays", "calibration_set", "check_precision", "compare_predictors",
-           "default_precision", "export_folded_onnx", "inference_model", "require_runtime", "resolve_device",
-           "warn_if_bf16_slow"]
+           "RUNTIMES", "RUNTIME_PRECISIONS", "GuardCount", "GuardResult", "OnnxRuntimeModel", "OpenVinoModel",
+           "Predictor", "TorchModel", "autocast", "bf16_pays", "calibration_set", "check_precision",
+           "choose_precision", "compare_predictors", "default_precision", "export_folded_onnx", "inference_model",
+           "require_runtime", "resolve_device", "runtime_device", "warn_if_bf16_slow"]

@@ -61,6 +61,34 @@ class GuardResult:
         return self
 
 
+class GuardCount:
+    """The running counts of the guard: :meth:`add` the reference's (fp32) and the candidate's logits of each
+    batch, then :meth:`result`. For a pass that also needs the candidate's logits for itself (``convzoo
+    eval``'s tally); :func:`compare_predictors` is the whole pass."""
+
+    def __init__(self) -> None:
+        self.right_ref = self.right_cand = self.same = self.n = 0
+
+    def add(self, reference: torch.Tensor, candidate: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one batch: logits (N, classes) of both predictors and the labels (N,).
+
+        Raises :class:`DataError` when the logits differ in shape or do not match the labels."""
+        if reference.shape != candidate.shape or reference.shape[0] != labels.shape[0]:
+            raise DataError(f"expected logits ({labels.shape[0]}, classes) from both predictors, found "
+                            f"{tuple(reference.shape)} and {tuple(candidate.shape)}")
+        p_ref, p_cand, y = reference.argmax(1).cpu(), candidate.argmax(1).cpu(), labels.cpu()
+        self.right_ref += int((p_ref == y).sum())
+        self.right_cand += int((p_cand == y).sum())
+        self.same += int((p_ref == p_cand).sum())
+        self.n += y.shape[0]
+
+    def result(self, max_drop: float = GUARD_MAX_DROP, min_agreement: float = GUARD_MIN_AGREEMENT) -> GuardResult:
+        """The counts so far as a :class:`GuardResult`; :class:`DataError` when no image was counted."""
+        if self.n == 0:
+            raise DataError("expected labelled images to compare the predictors on, found none")
+        return GuardResult(100.0 * self.right_ref / self.n, 100.0 * self.right_cand / self.n,
+                           100.0 * self.same / self.n, self.n, max_drop, min_agreement)
+
 
 @torch.inference_mode()
 def compare_predictors(reference: Predictor, candidate: Predictor,
@@ -72,17 +100,7 @@ def compare_predictors(reference: Predictor, candidate: Predictor,
 
     Raises :class:`DataError` when ``batches`` is empty or a predictor returns logits of another shape.
     """
-    right_ref = right_cand = same = n = 0
+    count = GuardCount()
     for x, y in batches:
-        ref, cand = reference(x), candidate(x)
-        if ref.shape != cand.shape or ref.shape[0] != y.shape[0]:
-            raise DataError(f"expected logits ({y.shape[0]}, classes) from both predictors, found "
-                            f"{tuple(ref.shape)} and {tuple(cand.shape)}")
-        p_ref, p_cand, y = ref.argmax(1).cpu(), cand.argmax(1).cpu(), y.cpu()
-        right_ref += int((p_ref == y).sum())
-        right_cand += int((p_cand == y).sum())
-        same += int((p_ref == p_cand).sum())
-        n += y.shape[0]
-    if n == 0:
-        raise DataError("expected labelled images to compare the predictors on, found none")
-    return GuardResult(100.0 * right_ref / n, 100.0 * right_cand / n, 100.0 * same / n, n, max_drop, min_agreement)
+        count.add(reference(x), candidate(x), y)
+    return count.result(max_drop, min_agreement)

@@ -26,7 +26,7 @@ from ..export import export_model
 from ..hardware import warn_if_bf16_slow
 from ..models.base import logits_of
 from ..optimize import fuse_batchnorm, optimize_for_inference
-from .device import bf16_pays
+from .device import DEVICES, bf16_pays, resolve_device
 from .quantize import nncf_quantize, quantize_onnx
 
 RUNTIMES = ("eager", "onnxruntime", "openvino")
@@ -48,8 +48,10 @@ def _check_pair(runtime: str, precision: str) -> None:
     if runtime not in RUNTIME_PRECISIONS:
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIME_PRECISIONS)}, got {runtime!r}")
     if precision not in RUNTIME_PRECISIONS[runtime]:
+        others = [r for r, ps in RUNTIME_PRECISIONS.items() if precision in ps]
+        hint = f" ({precision} runs in --runtime {' or '.join(others)})" if others else ""
         raise ConfigError(f"the {runtime} runtime runs precision {' | '.join(RUNTIME_PRECISIONS[runtime])}, "
-                          f"got {precision!r}")
+                          f"got {precision!r}{hint}")
 
 
 def check_precision(runtime: str, precision: str, calibration: Sequence[torch.Tensor] | None = None) -> None:
@@ -57,8 +59,8 @@ def check_precision(runtime: str, precision: str, calibration: Sequence[torch.Te
     for int8, ``calibration`` holds images."""
     _check_pair(runtime, precision)
     if precision == "int8" and not calibration:
-        raise ConfigError("--precision int8 needs calibration images (a folder or files of a few hundred images, "
-                          "or a run's training data): none were given")
+        raise ConfigError("--precision int8 needs calibration images (--calibration DIR|GLOB: a few hundred images "
+                          "like those it will see, or a run's training data): none were given")
 
 
 def require_runtime(runtime: str, precision: str) -> list[ModuleType]:
@@ -83,6 +85,32 @@ def default_precision(runtime: str, device: torch.device) -> str:
     calibration images). Raises :class:`ConfigError` for an unknown runtime."""
     _check_pair(runtime, "fp32")
     return "bf16" if "bf16" in RUNTIME_PRECISIONS[runtime] and bf16_pays(device) else "fp32"
+
+
+def runtime_device(device: str, runtime: str = "eager") -> torch.device:
+    """The device ``runtime`` runs on for a ``--device`` choice ('auto', 'cpu' or 'cuda'): the eager runtime
+    where :func:`.device.resolve_device` says, ONNX Runtime and OpenVINO on the CPU ('auto' included).
+    Raises :class:`ConfigError` for an unknown runtime or device, and for 'cuda' with those two."""
+    _check_pair(runtime, "fp32")
+    if runtime == "eager":
+        return resolve_device(device)
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda":
+        raise ConfigError(f"--runtime {runtime} runs on the CPU here: use --runtime eager with --device cuda")
+    return torch.device("cpu")
+
+
+def choose_precision(runtime: str, precision: str | None, device: torch.device, calibrating: bool = False) -> str:
+    """The precision a verb runs ``runtime`` in on ``device``: ``precision``, or None for
+    :func:`default_precision`; checked before any work is done. Raises :class:`ConfigError` for a precision
+    the runtime does not run and for calibration images (``calibrating``) with a precision other than int8,
+    and :class:`MissingDependencyError` for a runtime (or its int8 quantizer) that is not installed."""
+    precision = default_precision(runtime, device) if precision is None else precision
+    require_runtime(runtime, precision)
+    if calibrating and precision != "int8":
+        raise ConfigError(f"--calibration images calibrate --precision int8; they have no use in {precision}")
+    return precision
 
 
 def calibration_set(batches: Iterable[torch.Tensor | Sequence[torch.Tensor]],

@@ -126,7 +126,7 @@ def open_run_data(spec: DataSpec, env: DistEnv = DistEnv()) -> tuple[DataSpec, R
             return spec, _open_shard_run(spec)
         train, val = load_run_data(spec)
         return spec, RunSources(train, val, train.classes)
-    files = _scan(spec.source, spec.labels)
+    files = scan_source(spec.source, spec.labels)
     force = None if spec.pipeline == "auto" else spec.pipeline
     spec = replace(spec, pipeline=broadcast(choose_pipeline(len(files), spec.input_size, force=force), env))
     if spec.pipeline == "memory" and kind == "folder":
@@ -140,7 +140,7 @@ def open_run_data(spec: DataSpec, env: DistEnv = DistEnv()) -> tuple[DataSpec, R
     return spec, RunSources(files, _open_val(spec, files.classes), files.classes)
 
 
-def _scan(source: str, labels: str | None) -> FileList:
+def scan_source(source: str, labels: str | None) -> FileList:
     """The files of an image folder: one subfolder per class (classes sorted), or flat with a labels file
     (the classes it names)."""
     if labels is None:

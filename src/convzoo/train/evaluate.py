@@ -10,27 +10,30 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..data import ArrayDataset
 from ..data.augment import Normalize
+from ..data.calibration import calibration_images
 from ..data.imagenet import imagenet_wnids
 from ..data.streaming import StreamLoader, resolve_workers
 from ..data.transforms import ImageTransform
 from ..errors import CheckpointError, ConfigError, ConvzooWarning
 from ..factory import create_model
-from ..optimize import optimize_for_inference
 from ..preprocess import MODES, mode_stats, recorded_preprocessing
-from ..runtime import bf16_pays, resolve_device
+from ..runtime import GuardCount, GuardResult, Predictor, choose_precision, inference_model, runtime_device
 from ..weights import load_checkpoint
 from .build import build_model
+from .calibration import run_calibration
 from .data import DataSpec, Source, eval_batches, open_eval_data, open_run_data, resample_for
 from .extras import require
-from .metrics import Tally, evaluate
+from .metrics import Tally, tally_logits
 from .plots import plot_confusion
 from .recipes import from_dict
 from .runfolder import CONFIG_FILE, WEIGHTS_FILE, find_checkpoint, load_model_weights, read_config, read_state
@@ -54,13 +57,20 @@ class Evaluated:
     tally: Tally
     confusion_png: Path
     skipped: int = 0
+    runtime: str = "eager"
+    precision: str = "fp32"
+    guard: GuardResult | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """top1, top5, n, per-class accuracy and the provenance, JSON-friendly."""
+        """top1, top5, n, per-class accuracy, the provenance and the runtime, and the accuracy guard (None
+        in fp32; percent and points, as :class:`GuardResult`), JSON-friendly."""
         per_class = {c: (None if a != a else a) for c, a in zip(self.classes, self.tally.per_class())}
+        guard = None if self.guard is None else {**asdict(self.guard), "drop": self.guard.drop,
+                                                 "passed": self.guard.passed}
         return dict(top1=self.tally.top1_acc, top5=self.tally.top5_acc, n=self.tally.n, per_class=per_class,
                     model=self.model, checkpoint=str(self.checkpoint), epoch=self.epoch, data=self.data,
-                    confusion_png=str(self.confusion_png), skipped=self.skipped)
+                    confusion_png=str(self.confusion_png), skipped=self.skipped, runtime=self.runtime,
+                    precision=self.precision, guard=guard)
 
 
 @dataclass
@@ -68,7 +78,10 @@ class EvalOptions:
     """How to read the evaluation data: ``labels`` (the CSV of a flat folder), ``pipeline`` ('auto',
     'memory' or 'stream'), loader ``workers``, ``batch_size`` (None: :data:`BATCH_SIZES` for the device),
     ``device`` ('auto', 'cpu' or 'cuda') and ``preprocessing`` (a mode overriding the recorded one, with a
-    :class:`ConvzooWarning` when it differs)."""
+    :class:`ConvzooWarning` when it differs). The model runs in ``runtime`` (:data:`convzoo.runtime.RUNTIMES`)
+    at ``precision`` (None: bf16 where it pays, else fp32; int8 calibrated on the images of ``calibration``, a
+    folder or glob, by default a run's training data). A precision named other than fp32 is checked against
+    fp32 on the same images: the accuracy guard (:class:`convzoo.runtime.GuardResult`)."""
 
     labels: str | None = None
     pipeline: str = "auto"
@@ -76,6 +89,9 @@ class EvalOptions:
     batch_size: int | None = None
     device: str = "auto"
     preprocessing: str | None = None
+    runtime: str = "eager"
+    precision: str | None = None
+    calibration: str | None = None
 
 
 @dataclass
@@ -100,10 +116,11 @@ def evaluate_target(target: str | Path, data: str | Path | None = None, which: s
 
     Inputs are prepared as the run validated: scaled to cover the run's input size, centre-cropped, and
     normalised with the run's statistics, a checkpoint's own (``extra`` mean/std written by the trainer), or
-    its weight record's preprocessing. On ``opts.device`` a BatchNorm-folded, channels-last copy of the model
-    runs, under bfloat16 autocast on CUDA. The confusion matrix is drawn beside the checkpoint. Raises
-    :class:`CheckpointError`, :class:`ConfigError`, :class:`DataError`, or :class:`MissingDependencyError`
-    without matplotlib."""
+    its weight record's preprocessing. The model runs as ``opts`` says (:func:`convzoo.runtime.inference_model`:
+    by default a BatchNorm-folded, channels-last copy on ``opts.device``, in bf16 where it pays); a precision
+    named other than fp32 comes with the accuracy guard against fp32 (``Evaluated.guard``). The confusion
+    matrix is drawn beside the checkpoint. Raises :class:`CheckpointError`, :class:`ConfigError`,
+    :class:`DataError`, or :class:`MissingDependencyError` without matplotlib (or the runtime's package)."""
     if which not in ("best", "last"):
         raise ConfigError(f"checkpoint must be best or last, got {which!r}")
     require("matplotlib", purpose="convzoo eval")
@@ -132,7 +149,8 @@ def evaluate_weights(model_name: str, weights: str | Path, data: str | Path,
 
 def _score(t: _Target, data: str | Path | None, opts: EvalOptions) -> Evaluated:
     """Evaluate target ``t`` on ``data`` (None: its run's validation split) as ``opts`` says."""
-    dev = resolve_device(opts.device)
+    dev = runtime_device(opts.device, opts.runtime)
+    precision = choose_precision(opts.runtime, opts.precision, dev, calibrating=opts.calibration is not None)
     if opts.preprocessing is not None:
         t.normalize = _override(t, opts.preprocessing)
     if data is not None:
@@ -143,14 +161,46 @@ def _score(t: _Target, data: str | Path | None, opts: EvalOptions) -> Evaluated:
         described = f"validation split of the run ({t.spec.describe()})"
     else:
         raise ConfigError(f"{t.checkpoint} is not inside a run folder: pass --data to evaluate it")
-    batch_size = opts.batch_size or BATCH_SIZES[dev.type]
-    batches = eval_batches(source, t.transform, t.normalize, batch_size, device=dev,
+    calibration = _calibration(t, opts.calibration) if precision == "int8" else None
+    model = inference_model(t.model, opts.runtime, precision, calibration, device=dev)
+    guarded = opts.precision not in (None, "fp32")
+    batches = eval_batches(source, t.transform, t.normalize, opts.batch_size or BATCH_SIZES[dev.type], device=dev,
                            workers=resolve_workers(opts.workers))
-    tally = evaluate(optimize_for_inference(t.model).to(dev), batches, len(t.classes), bf16=bf16_pays(dev))
+    tally, guard = _tally(model, inference_model(t.model, "eager", "fp32", device=dev) if guarded else None,
+                          batches, len(t.classes))
     skipped = len(batches.stats.skipped) if isinstance(batches, StreamLoader) else \
         len(source.skipped) if isinstance(source, ArrayDataset) else 0
     plot_confusion(tally.confusion, t.classes, t.png, f"{t.name}: top-1 {tally.top1_acc:.4f} on {tally.n} images")
-    return Evaluated(t.name, t.checkpoint, t.epoch, described, t.classes, tally, t.png, skipped)
+    return Evaluated(t.name, t.checkpoint, t.epoch, described, t.classes, tally, t.png, skipped, opts.runtime,
+                     precision, guard)
+
+
+def _tally(model: Predictor, reference: Predictor | None, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+           num_classes: int) -> tuple[Tally, GuardResult | None]:
+    """The tally of ``model`` over ``batches`` and, with a ``reference`` (fp32), the accuracy guard of
+    ``model`` against it, in one pass over the images."""
+    count = GuardCount() if reference is not None else None
+
+    def logits() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in batches:
+            out = model(x)
+            if count is not None:
+                count.add(reference(x), out, y)
+            yield out, y
+
+    tally = tally_logits(logits(), num_classes)
+    return tally, count.result() if count is not None else None
+
+
+def _calibration(t: _Target, sources: str | None) -> list[torch.Tensor] | None:
+    """int8 calibration images for ``t``, prepared as its evaluation images are: the files of ``sources``,
+    else its run's training data, else None (which :func:`inference_model` refuses)."""
+    def inputs(paths: list[Path]) -> torch.Tensor:
+        return t.normalize(torch.stack([t.transform.pixels(p) for p in paths]))
+
+    if sources is not None:
+        return calibration_images(t.model, sources, transform=inputs)
+    return run_calibration(t.spec, t.transform, t.normalize) if t.spec is not None else None
 
 
 def _mode_of(mean: tuple[float, ...], std: tuple[float, ...], bgr: bool) -> str:

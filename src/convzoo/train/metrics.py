@@ -7,7 +7,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -70,19 +70,30 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     """
     was_training = model.training
     model.eval()
-    sums: torch.Tensor | None = None
-    try:
+
+    def logits() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in batches:
             with autocast(x.device, bf16):
-                logits = logits_of(model(x))
-            logits = logits.float()
-            hits5 = (logits.topk(min(5, num_classes), 1).indices == y[:, None]).any(1).sum()
-            cells = torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
-            batch = torch.cat([F.cross_entropy(logits, y, reduction="sum").double()[None], hits5.double()[None],
-                               cells.double()])
-            sums = batch if sums is None else sums + batch
+                out = logits_of(model(x))
+            yield out, y
+
+    try:
+        return tally_logits(logits(), num_classes)
     finally:
         model.train(was_training)
+
+
+def tally_logits(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int) -> Tally:
+    """The :class:`Tally` of ``batches`` of (logits (N, classes), labels (N,)); the labels are moved to the
+    logits' device, where the sums stay until the end."""
+    sums: torch.Tensor | None = None
+    for logits, y in batches:
+        logits, y = logits.float(), y.to(logits.device)
+        hits5 = (logits.topk(min(5, num_classes), 1).indices == y[:, None]).any(1).sum()
+        cells = torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+        batch = torch.cat([F.cross_entropy(logits, y, reduction="sum").double()[None], hits5.double()[None],
+                           cells.double()])
+        sums = batch if sums is None else sums + batch
     if sums is None:
         return Tally(0.0, 0, torch.zeros(num_classes, num_classes, dtype=torch.int64))
     sums = sums.cpu()

@@ -49,7 +49,7 @@ from ..data.transforms import ImageTransform
 from ..errors import CheckpointError, ConfigError, DivergedError, OutputError
 from ..optimize import tune_cpu_allocator
 from ..registry import get_model_cfg
-from ..runtime import COMPILE_MODES, autocast, bf16_pays, resolve_device
+from ..runtime import COMPILE_MODES, autocast, bf16_pays, resolve_device, warn_if_bf16_slow
 from ..summary import count_params
 from ..utils.fileio import ensure_dir, write_json
 from .build import (build_model, input_size, kernel_l2, kernels, load_start_weights, make_optimizer, normalization,
@@ -590,11 +590,13 @@ def _device(opts: TrainOptions, env: DistEnv) -> torch.device:
 
 def _prepare(opts: TrainOptions, recipe: Recipe, spec: DataSpec, env: DistEnv,
              device: torch.device) -> tuple[DataSpec, RunSources, nn.Module]:
-    """Set up the machine (CPU allocator, determinism), open the training and validation data of ``spec``
-    (choosing its pipeline) and build the recipe's model for their classes, initialised from
-    ``recipe.seed``."""
+    """Set up the machine (CPU allocator, determinism; a one-line warning for bf16 where it does not pay), open
+    the training and validation data of ``spec`` (choosing its pipeline) and build the recipe's model for
+    their classes, initialised from ``recipe.seed``."""
     if device.type == "cpu":
         tune_cpu_allocator()
+    if opts.bf16 and env.is_main:
+        warn_if_bf16_slow(device)
     _set_determinism(opts.deterministic, device.type == "cuda")
     spec, sources = open_run_data(spec, env)
     check_batch_size(len(sources.train), recipe.batch_size)
