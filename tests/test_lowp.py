@@ -1,6 +1,8 @@
 """convzoo.runtime's inference runtimes and their one chooser, inference_model (PyTorch fp32 / bf16, ONNX Runtime
-fp32 / int8, OpenVINO fp32 / bf16 / int8), convzoo.data.calibration's calibration images, and the accuracy
-guard against fp32.
+fp32 / int8, OpenVINO fp32 / bf16 / int8), convzoo.data.calibration's calibration images, the accuracy
+guard against fp32, and the command line's use of them: predict's and eval's --runtime, --precision and
+--calibration (each bad input one line, exit 2), eval's guard printout (exit 1 when it fails), and bf16
+forced where the CPU has no bf16 arithmetic (one warning line; the hardware answer is faked).
 
 The guard's figures are asserted on a small trained model: ``convzoo train --recipe fast --set epochs=3 --set warmup_epochs=1``
 (xception_cifar_tiny on the embedded CIFAR-10 subset, about 20 s on 2 idle cores), evaluated on the
