@@ -97,7 +97,8 @@ def _register_train(subparsers: Any) -> None:
     p.add_argument("--data", help=f"training data: {DATA_HELP} (default: the embedded CIFAR-10 subset)")
     p.add_argument("--val-data", help="validation data (its test split); default: hold out val_fraction of --data")
     _register_data(p)
-    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--epochs", type=positive_int, help="epochs to train (this many, also where the recipe has a "
+                                                       "time budget)")
     p.add_argument("--batch-size", type=positive_int, help="global batch size (split over torchrun processes)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate")
     p.add_argument("--seed", type=seed, help="seed of initialisation, shuffling and augmentation")
@@ -139,6 +140,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         flags = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                      freeze_epochs=args.freeze_epochs, pipeline=args.pipeline, workers=args.workers)
         recipe = override(recipe, **{k: v for k, v in flags.items() if v is not None})
+        named = {item.partition("=")[0].strip() for item in args.settings}
+        if (args.epochs is not None or "epochs" in named) and "time_budget_min" not in named:
+            # Epochs the user names are trained, whatever the recipe's time budget would fit.
+            recipe = override(recipe, time_budget_min=0.0)
     opts = TrainOptions(recipe=recipe, data=args.data, val_data=args.val_data, labels=args.labels, out=args.out,
                         overwrite=args.overwrite, resume=args.resume, weights=args.weights, device=args.device,
                         channels_last=args.channels_last, compile=args.compile, bf16=args.bf16,

@@ -59,7 +59,7 @@ from .distributed import (DistEnv, all_sum, barrier, broadcast, host_sum, init_d
                           sync_batchnorm)
 from .extras import require
 from .metrics import Tally, evaluate
-from .recipes import Recipe, from_dict, learning_rate
+from .recipes import BUDGET_PROBE_EPOCHS, Recipe, budget_epochs, from_dict, learning_rate
 from .runfolder import (CONFIG_FILE, LOCK_FILE, RunLock, RunWriter, load_model_weights, lock_holder,
                         newest_checkpoint, read_config, read_state)
 
@@ -299,9 +299,11 @@ class Run:
         is written, and :class:`OutputError` when a file of the run cannot be written (the last complete
         checkpoint is kept, and the message says how to go on)."""
         recipe, env = self.recipe, self.env
+        epochs = f"up to {recipe.epochs} epochs in {recipe.time_budget_min:g} min" if recipe.time_budget_min \
+            else f"{recipe.epochs} epochs"
         self._say(f"training {recipe.model} ({recipe.name} recipe) on {self.sizes[0]} images ({self.spec.pipeline}"
                   f"{f', {self.workers} loader processes' if self.streaming else ''}), validating on "
-                  f"{self.sizes[1]}; {recipe.epochs} epochs, batch {recipe.batch_size}, {self.device}"
+                  f"{self.sizes[1]}; {epochs}, batch {recipe.batch_size}, {self.device}"
                   f"{f' x {env.world_size} processes' if env.enabled else ''}; run folder {self.folder}")
         if self.epoch or self.partial:
             self._say(f"resuming after {_where(self.epoch, self.partial)}")
@@ -323,24 +325,41 @@ class Run:
             self.lock.release()
 
     def _epochs(self, writer: RunWriter | None) -> None:
-        recipe, env = self.recipe, self.env
+        env = self.env
         self.clock = time.perf_counter() - self.wall_time
         net, frozen = None, None
-        for epoch in range(self.epoch, recipe.epochs):
-            if frozen != (epoch < recipe.freeze_epochs):
-                frozen = epoch < recipe.freeze_epochs
+        while self.epoch < self.recipe.epochs:
+            epoch = self.epoch
+            if frozen != (epoch < self.recipe.freeze_epochs):
+                frozen = epoch < self.recipe.freeze_epochs
                 set_frozen(self.model, frozen)
                 net = _wrap(self.model, env, self.device, self.opts.compile)
             row = self._train_epoch(net, epoch, frozen, writer)
             tally = _all_sum_tally(evaluate(self.model, self.val_loader, len(self.classes), self.opts.bf16),
                                    env, self.device)
             self.wall_time = time.perf_counter() - self.clock
+            seconds = row["seconds"] + time.perf_counter() - row["ended"]
+            if self.recipe.time_budget_min and epoch + 1 == BUDGET_PROBE_EPOCHS:
+                self._fix_epochs(seconds)
             self._record(writer, dict(
                 epoch=epoch + 1, train_loss=row["train_loss"], train_acc=row["train_acc"], val_loss=tally.loss,
                 val_acc=tally.top1_acc, val_top5=tally.top5_acc, lr=row["lr"], img_per_s=row["img_per_s"],
-                seconds=row["seconds"] + time.perf_counter() - row["ended"], wall_time=self.wall_time,
-                skipped=row["skipped"]))
+                seconds=seconds, wall_time=self.wall_time, skipped=row["skipped"]))
             barrier(env)
+
+    def _fix_epochs(self, epoch_seconds: float) -> None:
+        """End the time budget's probe: set the epochs that fit (rank 0's count on every rank) and record, in
+        ``config.json``, the recipe with those epochs and no budget, and what the probe measured."""
+        budget = self.recipe.time_budget_min
+        epochs = broadcast(budget_epochs(self.recipe, self.wall_time, epoch_seconds), self.env)
+        self.recipe = replace(self.recipe, epochs=epochs, time_budget_min=0.0)
+        if self.env.is_main:
+            config = read_config(self.folder)
+            write_json(self.folder / CONFIG_FILE, {
+                **config, "recipe": self.recipe.as_dict(),
+                "time_budget": dict(minutes=budget, probe_epochs=BUDGET_PROBE_EPOCHS, epoch_seconds=epoch_seconds,
+                                    probe_wall_time=self.wall_time, epochs=epochs)})
+        self._say(f"time budget {budget:g} min: {epochs} epochs ({epoch_seconds:.1f} s per epoch)")
 
     def _train_epoch(self, net: nn.Module, epoch: int, frozen: bool, writer: RunWriter | None) -> dict[str, float]:
         """One pass over the training set (or the rest of it after a checkpoint inside it); returns mean loss,
