@@ -198,7 +198,8 @@ def test_a_file_known_by_its_hash_brings_its_record_to_a_cifar_model(capsys, tmp
     assert_every_verb_uses(capsys, run, photos, keras_mode("tf"))
 
 
-@pytest.mark.parametrize("first", [(), ("--preprocessing", "torch"), ("--set", "mean=100,110,120", "--set", "std=50,60,70")],
+@pytest.mark.parametrize("first", [(), ("--preprocessing", "torch"),
+                                   ("--set", "mean=100,110,120", "--set", "std=50,60,70")],
                          ids=["cifar-from-scratch", "mode-chosen", "own-statistics"])
 def test_finetuning_a_runs_checkpoint_keeps_its_preprocessing(capsys, tmp_path, photos, first):
     """A run started from another run's checkpoint takes the preprocessing that run recorded, whichever it
@@ -321,3 +322,31 @@ def test_training_refuses_a_class_folder_without_images(capsys, tmp_path):
     (data / "blues").mkdir()
     code, _, err = cli(capsys, "train", "--data", data, "--epochs", "1", "--out", tmp_path / "run", "--device", "cpu")
     assert code == 2 and err.count("\n") == 1 and "blues" in err and "found none" in err, err
+
+
+# Exported files say how their input is prepared
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
+def test_every_export_format_holds_the_weights_preprocessing(tmp_path, fmt):
+    """Statistics no mode has (a run's own mean and std) travel in every format, as the run records them."""
+    import onnx
+
+    from convzoo.export import export_model
+    from convzoo.train.build import run_record
+
+    model = convzoo.create_model("xception_cifar_tiny", num_classes=3)
+    own = Normalize.stats((100.0, 110.0, 120.0), (50.0, 60.0, 70.0), False)
+    model.weights_meta = run_record(model, "xception_cifar_tiny.test", (32, 32), "bicubic", own)
+    path = export_model(model, tmp_path / f"m.{'pt' if fmt == 'torchscript' else fmt}", fmt)
+    files = {METADATA: ""}
+    if fmt == "onnx":
+        files = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    elif fmt == "torchscript":
+        torch.jit.load(str(path), _extra_files=files)
+    else:
+        torch.export.load(str(path), extra_files=files)
+    meta = json.loads(files[METADATA])
+    assert (meta["preprocessing"], meta["mean"], meta["std"], meta["bgr"]) == ("custom", [100, 110, 120], [50, 60, 70],
+                                                                               False)
+    assert (meta["interpolation"], meta["crop_pct"], meta["input_size"]) == ("bicubic", 1.0, [3, 32, 32])

@@ -129,8 +129,9 @@ def export_model(model: nn.Module, path: str | Path, fmt: str) -> Path:
     """Write ``model`` (put in eval mode) to ``path`` as ``fmt`` ('onnx', 'torchscript' or 'pt2') with a
     dynamic batch: float32 (N, C, H, W) in, the model's output (N, classes) out. TorchScript and .pt2 take
     any H, W from the model's ``min_input_size`` up, ONNX its ``input_size`` only (see the module docstring).
-    The file holds :func:`input_metadata` as :data:`METADATA`, and is written atomically. Raises :class:`ConfigError` (unknown format),
-    :class:`~convzoo.errors.OutputError` (``path`` cannot be written) and :class:`ExportError`."""
+    The file holds :func:`input_metadata` as :data:`METADATA`, and is written atomically. Raises
+    :class:`ConfigError` (unknown format), :class:`~convzoo.errors.OutputError` (``path`` cannot be written)
+    and :class:`ExportError`."""
     model = model.eval()
     try:
         with warnings.catch_warnings():

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, ConfigError
 from ..factory import create_model
 from ..models.spec import WeightRecord
 from ..preprocess import Normalize, recorded_normalize
@@ -20,6 +21,7 @@ from .recipes import Recipe
 
 # Where a run's preprocessing came from, for the run's report.
 FROM_RECIPE, FROM_WEIGHTS, FROM_MODEL = "set for the run", "recorded with the start weights", "the model's own"
+
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
     """The recipe's model for ``num_classes`` classes at the recipe's input size (freshly initialised)."""
@@ -65,10 +67,13 @@ def run_preprocessing(recipe: Recipe, model: nn.Module) -> tuple[Normalize, str]
 
 def recorded_run_preprocessing(config: dict[str, Any], where: str) -> Normalize:
     """The preprocessing a run's ``config.json`` records (``where`` names it in errors). A run written before
-    runs recorded one reads as the statistics it trained with (its ``normalization``)."""
-    if "preprocessing" in config:
-        return Normalize.from_json(config["preprocessing"], where)
-    return Normalize.from_json(config.get("normalization"), where)
+    runs recorded one reads as the statistics it trained with (its ``normalization``). Raises
+    :class:`CheckpointError` for a record that is neither."""
+    try:
+        return Normalize.from_json(config["preprocessing"] if "preprocessing" in config else
+                                   config.get("normalization"), where)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def run_record(model: nn.Module, name: str, size: tuple[int, int], resample: str,

@@ -57,9 +57,9 @@ class Recipe:
     (the CIFAR models' is the seed's CIFAR-10 statistics); ``config.json`` and the checkpoints record the
     one chosen, and ``predict``, ``eval`` and ``export`` read it. ``freeze_epochs``: train only the
     classifier for that many epochs (the rest of the network runs in inference mode, as Keras layers with
-    ``trainable=False``). ``aux_weight`` weighs the
-    loss of an auxiliary classifier (Inception V3 built with ``aux_logits=True``). ``sync_bn``: under
-    DistributedDataParallel, BatchNorm statistics over the global batch rather than each rank's shard.
+    ``trainable=False``). ``aux_weight`` weighs the loss of an auxiliary classifier (Inception V3 built with
+    ``aux_logits=True``). ``sync_bn``: under DistributedDataParallel, BatchNorm statistics over the global
+    batch rather than each rank's shard.
     ``model_kwargs`` go to ``create_model`` (JSON values; tables such as Xception's ``blocks`` as lists
     of objects).
 
