@@ -36,7 +36,7 @@ from convzoo.data.transforms import ImageTransform  # noqa: E402
 from convzoo.export import METADATA  # noqa: E402
 from convzoo.predict import predict_files  # noqa: E402
 from convzoo.preprocess import Normalize  # noqa: E402
-from convzoo.train.evaluate import EvalOptions, evaluate_target  # noqa: E402
+from convzoo.train.evaluate import EvalOptions, evaluate_target, evaluate_weights  # noqa: E402
 from convzoo.weights import records  # noqa: E402
 from test_preprocessing_record import CIFAR_MEAN, CIFAR_STD, CLASSES, assert_records_one_preprocessing  # noqa: E402
 from user_files import cli, json_lines, keras_run, keras_save, nchw, nhwc, randomize_keras_, write_photos  # noqa: E402
@@ -116,6 +116,21 @@ def assert_every_verb_uses(capsys, run: Path, photos: Path, reference: Reference
         assert tally.loss == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-4, abs=1e-4)
 
 
+def assert_imported_weights_use(name: str, weights: Path, folder: Path, reference: Reference) -> None:
+    """``predict`` and ``eval --model NAME --weights FILE`` (no run) of the file give what ``name`` with its
+    weights gives on the ``reference`` inputs."""
+    model = convzoo.create_model(name, weights=weights).eval()
+    images = sorted(folder.rglob("*.jpg"))
+    pixels = torch.stack([ImageTransform.from_model(model).pixels(p) for p in images]).float()
+    with torch.no_grad():
+        logits = model(reference(pixels))
+    assert (predict_files(model, images, precision="fp32") - logits.softmax(1)).abs().max() < 1e-5
+    tally = evaluate_weights(name, weights, folder, EvalOptions(device="cpu")).tally
+    labels = torch.tensor([int(p.parent.name) for p in images])
+    assert tally.n == len(images)
+    assert tally.loss == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-4, abs=1e-4)
+
+
 # Start weights of every kind
 
 
@@ -180,6 +195,9 @@ def test_keras_files_own_preprocessing_layers_decide_not_the_family(capsys, tmp_
         return nchw(y)
 
     assert_every_verb_uses(capsys, run, photos, the_files_layers)
+    numbered = tmp_path / "numbered"  # class folders named as the file's classes: 0..4, some of them
+    write_photos(numbered, {"0": CLASSES["reds"][:3], "3": CLASSES["blues"][:3]})
+    assert_imported_weights_use("resnet50", path, numbered, the_files_layers)
 
 
 def test_a_file_known_by_its_hash_brings_its_record_to_a_cifar_model(capsys, tmp_path, photos, monkeypatch):
