@@ -15,7 +15,7 @@ import torch
 from convzoo import create_model
 from convzoo.cli import main
 from convzoo.train.evaluate import EvalOptions, evaluate_target
-from convzoo.train.recipes import CIFAR_MEAN, CIFAR_STD
+from convzoo.preprocess import CIFAR_MEAN, CIFAR_STD
 
 from helpers import randomize_batchnorm_
 from test_train import train_args, write_cifar

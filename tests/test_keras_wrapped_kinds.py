@@ -28,6 +28,14 @@ from user_files import TOL, cli, keras_run, keras_save, max_diff, nchw, randomiz
 
 SIZE = 64
 NORM_MEAN, NORM_VAR = [0.5, 0.4, 0.3], [0.04, 0.05, 0.06]
+# Pooled features are not logits (TOL is the promise on logits, which are of magnitude ~1-3 here): their
+# magnitude follows the random weights (~100-200 here), and float32 sums taken in another order differ by a
+# few 1e-6 of it. They are compared relative to their largest value, with TOL as the floor.
+FEATURES_RTOL = 1e-5
+
+
+def features_close(got: np.ndarray, want: np.ndarray) -> bool:
+    return max_diff(got, want) <= max(TOL, FEATURES_RTOL * float(np.abs(want).max()))
 
 
 def _resnet50(**kwargs):
@@ -210,7 +218,8 @@ def test_headless_file_builds_a_model_without_classifier(tmp_path):
     loaded = convzoo.create_model("resnet50", weights=path).eval()
     assert loaded.num_classes == 0
     with torch.no_grad():
-        assert max_diff(loaded(nchw(x)).numpy(), keras_run(model, x)) < TOL
+        got, want = loaded(nchw(x)).numpy(), keras_run(model, x)
+    assert features_close(got, want), (max_diff(got, want), float(np.abs(want).max()))
 
 
 @pytest.mark.parametrize("name", INFERENCE_IDENTITY)

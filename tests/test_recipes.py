@@ -14,10 +14,9 @@ from convzoo import create_model
 from convzoo.cli import main
 from convzoo.errors import ConfigError
 from convzoo.models.xception import Block
-from convzoo.registry import model_kwargs_from_json
+from convzoo.registry import get_model_cfg, model_kwargs_from_json
 from convzoo.train.build import kernels, make_optimizer, rebuild_args
-from convzoo.train.recipes import (CIFAR_MEAN, CIFAR_STD, RECIPES, Recipe, apply_settings, from_dict, get_recipe,
-                                   learning_rate, list_recipes)
+from convzoo.train.recipes import RECIPES, Recipe, apply_settings, from_dict, get_recipe, learning_rate, list_recipes
 from convzoo.train.trainer import classification_loss
 
 SEED_VARIANTS = ["xception_cifar", "xception_cifar_he_wd", "xception_cifar_slim", "xception_cifar_slim_thinner",
@@ -29,7 +28,9 @@ def test_seed_recipe_for_each_variant(name):
     r = get_recipe(name)
     assert r.model == name
     assert (r.batch_size, r.epochs, r.optimizer, r.momentum, r.nesterov) == (64, 300, "sgd", 0.9, True)
-    assert (r.mean, r.std) == (CIFAR_MEAN, CIFAR_STD)
+    # the seed's CIFAR-10 statistics are the CIFAR model's own preprocessing, not a recipe setting (which
+    # would also reach a model fine-tuned from weights with another preprocessing)
+    assert (r.preprocessing, r.mean, r.std) == (None, None, None) and get_model_cfg(name).preprocessing == "cifar"
     assert (r.flip, r.shift, r.label_smoothing, r.weight_decay) == (True, 0.125, 0.0, 0.0)
     lrs = [learning_rate(r, e) for e in (0, 99.99, 100, 199.5, 200, 299.9)]
     assert lrs == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001])

@@ -164,7 +164,7 @@ def test_predict_uses_the_recorded_preprocessing(caffe_case, monkeypatch, tmp_pa
 
 
 def test_eval_uses_the_recorded_preprocessing(caffe_case, monkeypatch, tmp_path, capsys):
-    from convzoo.preprocess import mode_stats
+    from convzoo.preprocess import Normalize
     from convzoo.train.evaluate import _from_checkpoint
 
     path, _, _ = caffe_case
@@ -173,7 +173,7 @@ def test_eval_uses_the_recorded_preprocessing(caffe_case, monkeypatch, tmp_path,
     classes = (data / "batches.meta.txt").read_text().split()
     ck = convzoo.save_checkpoint(convzoo.create_model("resnext29_32x4d", weights=path), tmp_path / "ck.safetensors",
                                  class_names=classes)
-    assert _from_checkpoint(ck).mean == mode_stats("tf")[0]
+    assert _from_checkpoint(ck).normalize == Normalize(mode="tf")
     runs = {}
     for flag in ((), ("--preprocessing", "tf"), ("--preprocessing", "caffe")):
         code, out, err = _run(capsys, "eval", ck, "--data", data, "--json", "--device", "cpu", *flag)

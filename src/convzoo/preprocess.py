@@ -1,12 +1,17 @@
-"""Preprocessing as Keras names it: ``'tf'``, ``'caffe'``, ``'torch'``, plus the seed's ``'cifar'``.
+"""Preprocessing as Keras names it: ``'tf'``, ``'caffe'``, ``'torch'``, plus the seed's ``'cifar'``; and
+:class:`Normalize`, the one record of how a model's input is normalised (a mode, or explicit statistics).
 
 The functions take RGB pixels in 0..255 (:func:`preprocess_input` says which shapes and types). Which mode a
 model takes is recorded with its weights (``model.weights_meta``, a :class:`~convzoo.models.spec.WeightRecord`); a model
-without a record takes its ``default_cfg``'s.
+without a record takes its ``default_cfg``'s (:func:`recorded_normalize`). A training run records one
+:class:`Normalize` (:meth:`Normalize.to_json` in its ``config.json``, and as its checkpoints' weight record),
+which every verb reads.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +42,128 @@ def mode_stats(mode: str) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
     if mode == "cifar":
         return CIFAR_MEAN, CIFAR_STD, False
     raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """How RGB pixels in 0-255 become the model input: a preprocessing ``mode`` (Keras' ``preprocess_input``,
+    bit for bit as ``predict`` applies it), or, with ``mode`` None, per-channel ``mean`` and ``std`` in pixel
+    units in the model's channel order, BGR when ``bgr`` (``(x - mean) / std``). Raises :class:`ConfigError`
+    for an unknown mode, or statistics that are not three positive-std values."""
+
+    mode: str | None = None
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    bgr: bool = False
+    # mean and std as (1, C, 1, 1) tensors by (device, dtype), made once rather than copied at every batch.
+    _stats: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode is None and (len(self.mean) != 3 or len(self.std) != 3 or
+                                  not all(math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0):
+            raise ConfigError(f"expected a mean and a positive std for each of 3 channels, got mean {list(self.mean)} "
+                              f"std {list(self.std)}")
+
+    @classmethod
+    def stats(cls, mean: tuple[float, ...], std: tuple[float, ...], bgr: bool) -> "Normalize":
+        """Normalisation by per-channel statistics (pixel units, the model's channel order)."""
+        return cls(None, tuple(float(m) for m in mean), tuple(float(s) for s in std), bool(bgr))
+
+    @classmethod
+    def matching(cls, mean: tuple[float, ...], std: tuple[float, ...], bgr: bool = False) -> "Normalize":
+        """The mode whose normalisation these statistics are (pixel units, the model's channel order; equal
+        to 1e-4 pixel and 1e-6 relative), else the statistics themselves."""
+        for mode in MODES:
+            m, s, b = mode_stats(mode)
+            if b == bgr and len(mean) == len(std) == 3 and all(
+                    math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-4) for x, y in zip(m, mean)) and all(
+                    math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-6) for x, y in zip(s, std)):
+                return cls(mode=mode)
+        return cls.stats(mean, std, bgr)
+
+    @classmethod
+    def from_record(cls, preprocessing: str, mean: tuple[float, ...] | None = None,
+                    std: tuple[float, ...] | None = None) -> "Normalize":
+        """The normalisation a weight record states: its ``preprocessing`` mode, or for ``'custom'`` its own
+        RGB ``mean`` and ``std`` (pixel units)."""
+        if preprocessing == CUSTOM:
+            if mean is None or std is None:
+                raise ConfigError("preprocessing mode 'custom' needs the mean and std it normalises with")
+            return cls.stats(mean, std, False)
+        return cls(mode=preprocessing)
+
+    def record(self) -> tuple[str, tuple[float, ...], tuple[float, ...]]:
+        """As a weight record states it: (mode, its mean, its std) in the model's channel order, or
+        (``'custom'``, mean, std) for RGB statistics no mode has. :class:`ConfigError` for BGR statistics
+        that no mode has (a record's own statistics are RGB)."""
+        if self.mode is not None:
+            return (self.mode, *mode_stats(self.mode)[:2])
+        if self.bgr:
+            raise ConfigError(f"{self.describe()} cannot be recorded with weights: a record's own statistics are RGB")
+        return CUSTOM, self.mean, self.std
+
+    def pixel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
+        """(mean, std, BGR) in pixel units, the model's channel order, whatever the form."""
+        return mode_stats(self.mode) if self.mode is not None else (self.mean, self.std, self.bgr)
+
+    def to_json(self) -> str | dict[str, Any]:
+        """The mode's name, or ``{"mean": [...], "std": [...], "bgr": false}`` (pixel units, the model's channel
+        order) for statistics no mode has: what a run's ``config.json`` records."""
+        if self.mode is not None:
+            return self.mode
+        return dict(mean=list(self.mean), std=list(self.std), bgr=self.bgr)
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> "Normalize":
+        """The normalisation :meth:`to_json` wrote (statistics equal to a mode's are read as that mode);
+        :class:`ConfigError` naming ``where`` for anything else."""
+        if isinstance(value, str):
+            return cls(mode=value)
+        try:
+            return cls.matching(tuple(float(v) for v in value["mean"]), tuple(float(v) for v in value["std"]),
+                                bool(value.get("bgr", False)))
+        except (TypeError, KeyError, ValueError, AttributeError):
+            raise ConfigError(f"{where}: expected a preprocessing mode ({', '.join(MODES)}) or mean, std and bgr, "
+                              f"got {value!r}") from None
+
+    def describe(self) -> str:
+        """``'caffe'``, or ``mean [...] std [...]`` (with ``BGR``): for messages."""
+        if self.mode is not None:
+            return repr(self.mode)
+        numbers = f"mean {[round(v, 4) for v in self.mean]} std {[round(v, 4) for v in self.std]}"
+        return numbers + (" BGR" if self.bgr else "")
+
+    def fill(self) -> tuple[int, ...]:
+        """The mean colour as RGB pixels: what uncovered areas of an augmented image are filled with."""
+        mean, _, bgr = self.pixel_stats()
+        return tuple(int(round(m)) for m in (mean[::-1] if bgr else mean))
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float32 model inputs of RGB pixels (3, H, W) or (N, 3, H, W), any dtype, values 0-255."""
+        x = pixels.float()
+        single = x.dim() == 3
+        x = x[None] if single else x
+        if self.mode is not None:
+            x = preprocess_input(x, self.mode)
+        else:
+            key = (x.device, x.dtype)
+            if key not in self._stats:
+                self._stats[key] = tuple(torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+                                         for v in (self.mean, self.std))
+            mean, std = self._stats[key]
+            x = ((x.flip(1) if self.bgr else x) - mean) / std
+        return x[0] if single else x
+
+
+def recorded_normalize(model: Any) -> Normalize:
+    """The normalisation recorded with ``model``'s weights (``model.weights_meta``: its mode, or its own
+    statistics), else its ``default_cfg``'s mode."""
+    meta = getattr(model, "weights_meta", None)
+    if meta is None:
+        return Normalize(mode=model.default_cfg.preprocessing)
+    return Normalize.from_record(meta.preprocessing, meta.mean, meta.std)
 
 
 def recorded_preprocessing(model: Any) -> str:

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..export import DYNAMIC_SIZE, EXTENSIONS, FORMATS, export_model
 from ..factory import create_model
 from ..predict import resolve_features_model
+from ..preprocess import recorded_normalize
 from ..registry import get_model_cfg, list_models
 from .common import check_output_file, model_name
 
@@ -56,7 +57,7 @@ def _describe(model: nn.Module, fmt: str) -> str:
     size = f"input {c}xHxW for H >= {min_h}, W >= {min_w}" if fmt in DYNAMIC_SIZE else f"input {c}x{h}x{w} only"
     out = (f"logits of {model.num_classes} classes" if model.num_classes else
            f"no classifier in the weights: the feature extractor, pooled features of {model.num_features}")
-    return f"{fmt}, {size}, dynamic batch; output: {out}"
+    return f"{fmt}, {size}, {recorded_normalize(model).describe()} preprocessing, dynamic batch; output: {out}"
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ TRAIN_LOGGER = "convzoo.train"
 SHOWN_EMPTY = 100
 # Flags that change what a run is; a resumed run keeps what it was started with.
 _RUN_DEFINING = ("recipe", "data", "val_data", "labels", "pipeline", "batch_size", "lr", "seed", "weights",
-                 "freeze_epochs", "settings", "out", "overwrite")
+                 "freeze_epochs", "preprocessing", "settings", "out", "overwrite")
 DATA_HELP = ("a CIFAR folder or archive, cifar10/cifar100, an image folder (one subfolder per class, or flat with "
              "--labels), or tar shards ('shards/*.tar' or 'train-{0000..0099}.tar')")
 
@@ -105,6 +105,9 @@ def _register_train(subparsers: Any) -> None:
     p.add_argument("--weights", help="start from these weights (any format convzoo imports); the classifier "
                                      "is replaced when the classes differ")
     p.add_argument("--freeze-epochs", type=non_negative_int, help="train only the classifier for the first N epochs")
+    p.add_argument("--preprocessing", choices=MODES,
+                   help="normalise with this mode (recorded for every verb) instead of the one recorded with "
+                        "--weights, or the model's own")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a recipe field (repeatable)")
     p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
@@ -138,7 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             recipe = override(recipe, model=args.model, model_kwargs={})
         recipe = apply_settings(recipe, args.settings)
         flags = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                     freeze_epochs=args.freeze_epochs, pipeline=args.pipeline, workers=args.workers)
+                     freeze_epochs=args.freeze_epochs, pipeline=args.pipeline, workers=args.workers,
+                     preprocessing=args.preprocessing)
         recipe = override(recipe, **{k: v for k, v in flags.items() if v is not None})
         named = {item.partition("=")[0].strip() for item in args.settings}
         if (args.epochs is not None or "epochs" in named) and "time_budget_min" not in named:

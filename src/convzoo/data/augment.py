@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from ..errors import ConfigError
-from ..preprocess import mode_stats, preprocess_input
+from ..preprocess import Normalize
 from .images import resize_cover_crop
 from .transforms import ImageTransform
 
@@ -154,47 +154,6 @@ def auto_augment_transform(spec: str | None, fill: tuple[int, ...]) -> nn.Module
                       f"(sections optional), got {spec!r}")
 
 
-@dataclass(frozen=True)
-class Normalize:
-    """How RGB pixels in 0-255 become the model input: a preprocessing ``mode`` (Keras' ``preprocess_input``,
-    bit for bit as ``predict`` applies it), or, with ``mode`` None, per-channel ``mean`` and ``std`` in pixel
-    units in the model's channel order, BGR when ``bgr`` (``(x - mean) / std``, as the trainer's in-memory
-    loader computes it)."""
-
-    mode: str | None = None
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    bgr: bool = False
-    # mean and std as (1, C, 1, 1) tensors by (device, dtype), made once rather than copied at every batch.
-    _stats: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def stats(cls, mean: tuple[float, ...], std: tuple[float, ...], bgr: bool) -> "Normalize":
-        """Normalisation by per-channel statistics (pixel units, the model's channel order)."""
-        return cls(None, tuple(float(m) for m in mean), tuple(float(s) for s in std), bool(bgr))
-
-    def fill(self) -> tuple[int, ...]:
-        """The mean colour as RGB pixels: what uncovered areas of an augmented image are filled with."""
-        mean, _, bgr = mode_stats(self.mode) if self.mode is not None else (self.mean, self.std, self.bgr)
-        return tuple(int(round(m)) for m in (mean[::-1] if bgr else mean))
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Float32 model inputs of RGB pixels (3, H, W) or (N, 3, H, W), any dtype, values 0-255."""
-        x = pixels.float()
-        single = x.dim() == 3
-        x = x[None] if single else x
-        if self.mode is not None:
-            x = preprocess_input(x, self.mode)
-        else:
-            key = (x.device, x.dtype)
-            if key not in self._stats:
-                self._stats[key] = tuple(torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-                                         for v in (self.mean, self.std))
-            mean, std = self._stats[key]
-            x = ((x.flip(1) if self.bgr else x) - mean) / std
-        return x[0] if single else x
-
-
 def as_normalize(normalize: str | Normalize) -> Normalize:
     """A :class:`Normalize` for a preprocessing mode name or a :class:`Normalize` itself."""
     return normalize if isinstance(normalize, Normalize) else Normalize(mode=normalize)
@@ -235,12 +194,12 @@ class TrainTransform:
 class EvalTransform:
     """One evaluation image exactly as :class:`ImageTransform` prepares it for ``predict``: the shorter side
     resized to ``size / crop_pct`` with the record's interpolation (Pillow, antialiased), the centre
-    ``size`` cropped, normalised with the record's mode, or with ``normalize`` when given (a trained run's
-    statistics). Deterministic."""
+    ``size`` cropped, normalised as the transform's record says, or with ``normalize`` when given (an
+    override). Deterministic."""
 
     def __init__(self, transform: ImageTransform, normalize: Normalize | None = None) -> None:
         self.transform = transform
-        self.normalize = normalize if normalize is not None else Normalize(mode=transform.mode)
+        self.normalize = normalize if normalize is not None else transform.normalizer
 
     @classmethod
     def from_model(cls, model: Any, mode: str | None = None) -> "EvalTransform":

@@ -124,11 +124,13 @@ def scan_class_folders(root: str | Path, classes: list[str] | None = None, *, su
     """The image files of an ImageFolder layout: one subfolder per class, images anywhere below it.
 
     Without ``classes`` the classes are the sorted subfolder names, labelled 0..k-1 (training on your own
-    folders). With ``classes`` (a model's: :func:`imagenet_wnids` for ImageNet weights) each subfolder is
-    labelled by its index there; a folder holding only some of them is a subset evaluation unless
-    ``subset`` is False. Raises :class:`DataError` for a missing or empty root, a subfolder that is not a
-    class of ``classes`` (naming at most three, with the counts), missing classes when ``subset`` is False,
-    or a class folder without image files.
+    folders: every class folder must hold images, else that class could never be learnt). With ``classes``
+    (a model's: :func:`imagenet_wnids` for ImageNet weights) each subfolder is labelled by its index there;
+    a folder holding only some of them, or class folders without images among them, is a subset evaluation
+    unless ``subset`` is False (a run's validation set: every class folder present and holding images).
+    Raises :class:`DataError` for a missing or empty root, a subfolder that is not a class of ``classes``
+    (naming at most three, with the counts), missing classes when ``subset`` is False, a class folder
+    without image files where every class needs images, or no image file at all.
     """
     root = Path(root)
     if not root.is_dir():
@@ -136,6 +138,7 @@ def scan_class_folders(root: str | Path, classes: list[str] | None = None, *, su
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p.name))
     if not folders:
         raise DataError(f"{root}: expected one subfolder per class, found none")
+    every_class = classes is None or not subset  # every class folder must hold images
     if classes is None:
         classes = folders
     index = {name: i for i, name in enumerate(classes)}
@@ -154,9 +157,13 @@ def scan_class_folders(root: str | Path, classes: list[str] | None = None, *, su
             empty.append(folder)
         names.extend(files)
         labels.extend([index[folder]] * len(files))
-    if empty:
-        raise DataError(f"{root}: expected image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in every class folder, "
-                        f"found none in {len(empty)} of {len(folders)}: {few(empty)}")
+    kinds = ', '.join(sorted(IMAGE_EXTENSIONS))
+    if empty and every_class:
+        raise DataError(f"{root}: expected image files ({kinds}) in every class folder, found none in {len(empty)} of "
+                        f"{len(folders)}: {few(empty)}")
+    if not names:
+        raise DataError(f"{root}: expected image files ({kinds}) in the class folders, found none in any of "
+                        f"{len(folders)}")
     return FileList(root, _as_array(names), np.asarray(labels, dtype=np.int64), list(classes))
 
 

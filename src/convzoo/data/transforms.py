@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..preprocess import CUSTOM, MODES, preprocess_input, recorded_preprocessing
+from ..preprocess import CUSTOM, MODES, Normalize, recorded_normalize
 from ..models.spec import INTERPOLATIONS, ModelCfg
 from .images import open_image, resize_cover_crop
 
@@ -45,15 +45,28 @@ class ImageTransform:
         return cls(tuple(cfg.input_size[1:]), cfg.crop_pct, cfg.interpolation, mode or cfg.preprocessing)
 
     @classmethod
+    def with_normalize(cls, size: tuple[int, int], crop_pct: float, interpolation: str,
+                       normalize: Normalize) -> "ImageTransform":
+        """The transform that resizes and crops as given and normalises with ``normalize`` (a mode, or RGB
+        statistics; see :meth:`Normalize.record`)."""
+        mode, mean, std = normalize.record()
+        stats = (tuple(mean), tuple(std)) if mode == CUSTOM else (None, None)
+        return cls(tuple(size), crop_pct, interpolation, mode, *stats)
+
+    @classmethod
     def from_model(cls, model: Any, mode: str | None = None) -> "ImageTransform":
         """The transform for ``model``: its input size, and the interpolation, crop fraction and
         preprocessing recorded with its weights (``weights_meta``, else ``default_cfg``; a record's own mean
         and std for its ``'custom'`` preprocessing); ``mode`` overrides the preprocessing."""
         cfg = model.default_cfg
         meta = getattr(model, "weights_meta", None) or cfg
-        mode = mode or recorded_preprocessing(model)
-        stats = (tuple(meta.mean), tuple(meta.std)) if mode == CUSTOM else (None, None)
-        return cls(tuple(cfg.input_size[1:]), meta.crop_pct, meta.interpolation, mode, *stats)
+        normalize = Normalize(mode=mode) if mode else recorded_normalize(model)
+        return cls.with_normalize(tuple(cfg.input_size[1:]), meta.crop_pct, meta.interpolation, normalize)
+
+    @property
+    def normalizer(self) -> Normalize:
+        """The normalisation of this transform as a :class:`Normalize`."""
+        return Normalize.from_record(self.mode, self.mean, self.std)
 
     def pixels(self, path: str | Path) -> torch.Tensor:
         """The image file at ``path`` resized and cropped, as a uint8 tensor (3, H, W)."""
@@ -66,13 +79,9 @@ class ImageTransform:
         return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """The model input for float RGB pixels in 0..255, shaped (N, 3, H, W): the preprocessing of the weights
-        (Keras' ``preprocess_input`` for the mode, or the record's own mean and std)."""
-        if self.mode != CUSTOM:
-            return preprocess_input(x, self.mode)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        """The float32 model input for RGB pixels in 0..255, shaped (N, 3, H, W): the preprocessing of the
+        weights (Keras' ``preprocess_input`` for the mode, or the record's own mean and std)."""
+        return self.normalizer(x)
 
     def __call__(self, paths: list[str | Path]) -> torch.Tensor:
         """A normalised float batch (N, 3, H, W) of the image files at ``paths``."""

@@ -1,5 +1,6 @@
 """Building the network a recipe trains and the arguments that rebuild it: start weights, a new classifier,
-and the parameter groups that regularisation and freezing act on."""
+the run's one preprocessing and the weight record its checkpoints carry, and the parameter groups that
+regularisation and freezing act on."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, ConfigError
 from ..factory import create_model
-from ..preprocess import mode_stats
+from ..models.spec import WeightRecord
+from ..preprocess import Normalize, recorded_normalize
 from ..registry import ModelCfg, model_kwargs_from_json
 from ..weights import load_weights
 from .recipes import Recipe
+
+# Where a run's preprocessing came from, for the run's report.
+FROM_RECIPE, FROM_WEIGHTS, FROM_MODEL = "set for the run", "recorded with the start weights", "the model's own"
+
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
     """The recipe's model for ``num_classes`` classes at the recipe's input size (freshly initialised)."""
@@ -45,12 +52,40 @@ def rebuild_args(recipe: Recipe, num_classes: int) -> dict[str, Any]:
     return args
 
 
-def normalization(recipe: Recipe, cfg: ModelCfg) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
-    """The recipe's per-channel mean and std (pixel units), or those of the model's preprocessing; and
-    whether the model takes BGR input."""
+def run_preprocessing(recipe: Recipe, model: nn.Module) -> tuple[Normalize, str]:
+    """The one preprocessing of a new run, and where it comes from: the user's (the recipe's
+    ``preprocessing`` mode, or its ``mean`` and ``std``), else the one recorded with the start weights
+    (``model.weights_meta``, which :func:`load_start_weights` attached, whatever the file's format), else the
+    model's registered one (the seed's CIFAR-10 statistics for the CIFAR models)."""
+    if recipe.preprocessing is not None:
+        return Normalize(mode=recipe.preprocessing), FROM_RECIPE
     if recipe.mean is not None and recipe.std is not None:
-        return tuple(recipe.mean), tuple(recipe.std), False
-    return mode_stats(cfg.preprocessing)
+        return Normalize.matching(tuple(recipe.mean), tuple(recipe.std)), FROM_RECIPE
+    origin = FROM_WEIGHTS if getattr(model, "weights_meta", None) is not None else FROM_MODEL
+    return recorded_normalize(model), origin
+
+
+def recorded_run_preprocessing(config: dict[str, Any], where: str) -> Normalize:
+    """The preprocessing a run's ``config.json`` records (``where`` names it in errors). A run written before
+    runs recorded one reads as the statistics it trained with (its ``normalization``). Raises
+    :class:`CheckpointError` for a record that is neither."""
+    try:
+        return Normalize.from_json(config["preprocessing"] if "preprocessing" in config else
+                                   config.get("normalization"), where)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def run_record(model: nn.Module, name: str, size: tuple[int, int], resample: str,
+               normalize: Normalize) -> WeightRecord:
+    """The weight record of a run's checkpoints (``model.weights_meta`` when they are written): the run's
+    preprocessing, its input ``size`` (H, W), its validation transform (``resample``, no crop beyond the
+    cover resize), so that ``predict``, ``eval`` and ``export`` of a checkpoint prepare images as the run
+    validated them. ``name`` identifies the run."""
+    cfg = model.default_cfg
+    mode, mean, std = normalize.record()
+    return WeightRecord(name, cfg.name, "convzoo train", None, None, None, None, model.num_classes > 0,
+                        (cfg.input_size[0], *size), resample, 1.0, mode, tuple(mean), tuple(std), None)
 
 
 def input_size(recipe: Recipe, cfg: ModelCfg) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from typing import Any, Union
 import torch
 
 from ..data import ArrayDataset, BatchLoader, load_data, load_train_val, train_val_split
-from ..data.augment import EvalTransform, Normalize, TrainTransform, batch_mix
+from ..data.augment import EvalTransform, TrainTransform, batch_mix
 from ..data.cifar import find_cifar_folder
 from ..data.imagefolder import cover_pixels, load_file_list
 from ..data.imagenet import FileList, class_mismatch, labels_file_classes, scan_class_folders, scan_labels_file
@@ -24,6 +24,7 @@ from ..data.shards import ShardSet, is_shard_source, open_shards, shard_loader
 from ..data.streaming import StreamLoader, choose_pipeline, folder_loader
 from ..data.transforms import ImageTransform
 from ..errors import ConfigError, DataError
+from ..preprocess import Normalize
 from .distributed import DistEnv, broadcast
 from .extras import require
 from .recipes import Recipe
@@ -171,20 +172,20 @@ def _open_shard_run(spec: DataSpec) -> RunSources:
     return RunSources(train, _open_val(replace(spec, pipeline="stream"), classes), classes)
 
 
-def train_batches(train: Source, recipe: Recipe, spec: DataSpec, norm: tuple[tuple[float, ...], tuple[float, ...], bool],
-                  num_classes: int, env: DistEnv, device: torch.device, channels_last: bool, workers: int) -> Batches:
+def train_batches(train: Source, recipe: Recipe, spec: DataSpec, normalize: Normalize, num_classes: int, env: DistEnv,
+                  device: torch.device, channels_last: bool, workers: int) -> Batches:
     """The seeded training batches of a run. In memory: global batches (the trainer takes this rank's
     shard), the seed's flip/shift/cutout; streamed: this rank's part of each global batch, the recipe's
     ImageNet augmentation, empty batches kept so that every rank takes every step, and loader processes
     started for each epoch (so that they are gone while those of the validation set run: two sets of
-    forked processes would each map the trainer's memory pages). ``norm``: mean, std (pixel
-    units, the model's channel order) and BGR."""
+    forked processes would each map the trainer's memory pages). ``normalize``: the run's preprocessing,
+    the same in both pipelines."""
     mix = batch_mix(recipe.augment(), num_classes)
     if isinstance(train, ArrayDataset):
-        return BatchLoader(train, recipe.batch_size, mean=norm[0], std=norm[1], train=True, flip=recipe.flip,
+        return BatchLoader(train, recipe.batch_size, normalize=normalize, train=True, flip=recipe.flip,
                            shift=recipe.shift, seed=recipe.seed, device=device, channels_last=channels_last,
                            cutout=recipe.cutout, mix=mix)
-    transform = TrainTransform(recipe.augment(), spec.input_size, spec.resample, Normalize.stats(*norm))
+    transform = TrainTransform(recipe.augment(), spec.input_size, spec.resample, normalize)
     common = dict(train=True, seed=recipe.seed, rank=env.rank, world_size=env.world_size, workers=workers,
                   device=device, channels_last=channels_last, mix=mix, keep_empty=True)
     if isinstance(train, FileList):

@@ -8,7 +8,6 @@ with the same pixels either way: the streamed evaluation transform is the in-mem
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -19,19 +18,18 @@ import torch
 from torch import nn
 
 from ..data import ArrayDataset
-from ..data.augment import Normalize
 from ..data.calibration import calibration_images
 from ..data.imagenet import imagenet_wnids
 from ..data.streaming import StreamLoader, resolve_workers
 from ..data.transforms import ImageTransform
 from ..errors import CheckpointError, ConfigError, ConvzooWarning
 from ..factory import create_model
-from ..preprocess import MODES, mode_stats, recorded_preprocessing
+from ..preprocess import MODES, Normalize
 from ..runtime import GuardCount, GuardResult, Predictor, choose_precision, inference_model, runtime_device
 from ..weights import load_checkpoint
-from .build import build_model
+from .build import build_model, recorded_run_preprocessing
 from .calibration import run_calibration
-from .data import DataSpec, Source, eval_batches, open_eval_data, open_run_data, resample_for
+from .data import DataSpec, Source, eval_batches, open_eval_data, open_run_data
 from .extras import require
 from .metrics import Tally, tally_logits
 from .plots import plot_confusion
@@ -103,7 +101,6 @@ class _Target:
     classes: list[str]
     transform: ImageTransform
     normalize: Normalize
-    recorded: str
     spec: DataSpec | None
     png: Path
 
@@ -114,13 +111,14 @@ def evaluate_target(target: str | Path, data: str | Path | None = None, which: s
     file, on ``data`` (CIFAR's test split, an image folder, a flat folder with ``opts.labels``, tar
     shards), or without ``data`` on the run's validation split.
 
-    Inputs are prepared as the run validated: scaled to cover the run's input size, centre-cropped, and
-    normalised with the run's statistics, a checkpoint's own (``extra`` mean/std written by the trainer), or
-    its weight record's preprocessing. The model runs as ``opts`` says (:func:`convzoo.runtime.inference_model`:
-    by default a BatchNorm-folded, channels-last copy on ``opts.device``, in bf16 where it pays); a precision
-    named other than fp32 comes with the accuracy guard against fp32 (``Evaluated.guard``). The confusion
-    matrix is drawn beside the checkpoint. Raises :class:`CheckpointError`, :class:`ConfigError`,
-    :class:`DataError`, or :class:`MissingDependencyError` without matplotlib (or the runtime's package)."""
+    Inputs are prepared as the run validated them: scaled to cover the run's input size, centre-cropped and
+    normalised with the one preprocessing the run records; a checkpoint outside a run as ``predict``
+    prepares them, by its weight record (a run's checkpoints carry the run's). The model runs as ``opts``
+    says (:func:`convzoo.runtime.inference_model`: by default a BatchNorm-folded, channels-last copy on
+    ``opts.device``, in bf16 where it pays); a precision named other than fp32 comes with the accuracy guard
+    against fp32 (``Evaluated.guard``). The confusion matrix is drawn beside the checkpoint. Raises
+    :class:`CheckpointError`, :class:`ConfigError`, :class:`DataError`, or :class:`MissingDependencyError`
+    without matplotlib (or the runtime's package)."""
     if which not in ("best", "last"):
         raise ConfigError(f"checkpoint must be best or last, got {which!r}")
     require("matplotlib", purpose="convzoo eval")
@@ -142,8 +140,8 @@ def evaluate_weights(model_name: str, weights: str | Path, data: str | Path,
         [str(i) for i in range(model.num_classes)]
     transform = ImageTransform.from_model(model)
     path = Path(weights)
-    target = _Target(model, model.default_cfg.name, path, None, classes, transform, Normalize(mode=transform.mode),
-                     transform.mode, None, path.with_name(f"{path.stem}.confusion.png"))
+    target = _Target(model, model.default_cfg.name, path, None, classes, transform, transform.normalizer, None,
+                     path.with_name(f"{path.stem}.confusion.png"))
     return _score(target, data, opts)
 
 
@@ -203,24 +201,16 @@ def _calibration(t: _Target, sources: str | None) -> list[torch.Tensor] | None:
     return run_calibration(t.spec, t.transform, t.normalize) if t.spec is not None else None
 
 
-def _mode_of(mean: tuple[float, ...], std: tuple[float, ...], bgr: bool) -> str:
-    """The preprocessing mode with this normalisation, else the numbers."""
-    for mode in MODES:
-        m, s, b = mode_stats(mode)
-        if b == bgr and all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip((*m, *s), (*mean, *std))):
-            return mode
-    return f"mean {list(mean)} std {list(std)}"
-
-
 def _override(t: _Target, mode: str) -> Normalize:
     """The normalisation of ``mode``, with a :class:`ConvzooWarning` when it differs from the one recorded
     for ``t``."""
     if mode not in MODES:
         raise ConfigError(f"preprocessing mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if t.recorded != mode:
-        warnings.warn(f"--preprocessing {mode} differs from the {t.recorded!r} preprocessing recorded with "
-                      f"{t.checkpoint}; using {mode!r}", ConvzooWarning, stacklevel=4)
-    return Normalize(mode=mode)
+    chosen = Normalize(mode=mode)
+    if chosen != t.normalize:
+        warnings.warn(f"--preprocessing {mode} differs from the {t.normalize.describe()} preprocessing recorded "
+                      f"with {t.checkpoint}; using {mode!r}", ConvzooWarning, stacklevel=4)
+    return chosen
 
 
 def _resolve(path: Path, which: str) -> _Target:
@@ -244,26 +234,17 @@ def _from_run(run_dir: Path, checkpoint: Path, png: Path) -> _Target:
     model = build_model(recipe, config["num_classes"])
     load_model_weights(model, found)
     spec = DataSpec.from_dict(config["data"])
-    norm = config["normalization"]
-    mean, std, bgr = tuple(norm["mean"]), tuple(norm["std"]), norm["bgr"]
-    transform = ImageTransform(spec.input_size, 1.0, spec.resample, model.default_cfg.preprocessing)
+    normalize = recorded_run_preprocessing(config, str(run_dir / CONFIG_FILE))
+    transform = ImageTransform.with_normalize(spec.input_size, 1.0, spec.resample, normalize)
     return _Target(model, config["model"], found, read_state(found)["epoch"], config["classes"], transform,
-                   Normalize.stats(mean, std, bgr), _mode_of(mean, std, bgr), spec, png)
+                   normalize, spec, png)
 
 
 def _from_checkpoint(path: Path) -> _Target:
+    """A checkpoint outside a run, its images prepared by its weight record as ``predict`` prepares them."""
     model = load_checkpoint(path)
     info = model.checkpoint_info
-    cfg = model.default_cfg
-    mode = recorded_preprocessing(model)
-    if mode not in MODES and not {"mean", "std"} <= info.extra.keys():
-        raise CheckpointError(f"{info.path}: no normalisation known for preprocessing {mode!r}")
-    normalize = Normalize(mode=mode)
-    if {"mean", "std"} <= info.extra.keys():
-        normalize = Normalize.stats(info.extra["mean"], info.extra["std"], info.extra.get("bgr", False))
-        mode = _mode_of(normalize.mean, normalize.std, normalize.bgr)
     classes = info.class_names or [str(i) for i in range(model.num_classes)]
-    interpolation = resample_for((getattr(model, "weights_meta", None) or cfg).interpolation)
-    transform = ImageTransform(tuple(cfg.input_size[1:]), 1.0, interpolation, recorded_preprocessing(model))
-    return _Target(model, info.model, info.path, info.extra.get("epoch"), classes, transform, normalize, mode, None,
-                   info.path.with_name(f"{info.path.stem}.confusion.png"))
+    transform = ImageTransform.from_model(model)
+    return _Target(model, info.model, info.path, info.extra.get("epoch"), classes, transform, transform.normalizer,
+                   None, info.path.with_name(f"{info.path.stem}.confusion.png"))

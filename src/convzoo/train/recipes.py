@@ -18,7 +18,7 @@ from typing import Any
 from ..data.augment import TrainAugment
 from ..data.streaming import PIPELINES as STREAM_PIPELINES
 from ..errors import ConfigError
-from ..preprocess import CIFAR_MEAN, CIFAR_STD
+from ..preprocess import MODES
 from ..utils.typed import coerce
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -52,11 +52,17 @@ class Recipe:
     'linear' (from ``lr`` down to ``min_lr`` at the last epoch), or 'constant'.
 
     ``flip``, ``shift`` (fraction of the size, zero fill) and ``cutout`` (side in pixels of a square zeroed
-    at a random place, 0 for none) augment each training batch. ``mean``/``std`` are per-channel, in 0-255 pixel units; None takes them from the model's
-    preprocessing. ``freeze_epochs``: train only the classifier for that many epochs (the rest of the
-    network runs in inference mode, as Keras layers with ``trainable=False``). ``aux_weight`` weighs the
-    loss of an auxiliary classifier (Inception V3 built with ``aux_logits=True``). ``sync_bn``: under
-    DistributedDataParallel, BatchNorm statistics over the global batch rather than each rank's shard.
+    at a random place, 0 for none) augment each training batch.
+
+    The run's one preprocessing is the user's choice when set: ``preprocessing`` (a mode of
+    :mod:`convzoo.preprocess`: 'tf', 'caffe', 'torch', 'cifar'), or ``mean``/``std`` (per RGB channel, in
+    0-255 pixel units); left at None it is the start weights' recorded preprocessing, else the model's own
+    (the CIFAR models' is the seed's CIFAR-10 statistics); ``config.json`` and the checkpoints record the
+    one chosen, and ``predict``, ``eval`` and ``export`` read it. ``freeze_epochs``: train only the
+    classifier for that many epochs (the rest of the network runs in inference mode, as Keras layers with
+    ``trainable=False``). ``aux_weight`` weighs the loss of an auxiliary classifier (Inception V3 built with
+    ``aux_logits=True``). ``sync_bn``: under DistributedDataParallel, BatchNorm statistics over the global
+    batch rather than each rank's shard.
     ``model_kwargs`` go to ``create_model`` (JSON values; tables such as Xception's ``blocks`` as lists
     of objects).
 
@@ -99,8 +105,9 @@ class Recipe:
     min_lr: float = 0.0
     label_smoothing: float = 0.0
     aux_weight: float = 0.4
-    mean: tuple[float, ...] | None = CIFAR_MEAN
-    std: tuple[float, ...] | None = CIFAR_STD
+    preprocessing: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     flip: bool = True
     shift: float = 0.125
     cutout: int = 0
@@ -147,6 +154,10 @@ class Recipe:
             (self.mean is None or len(self.mean) == len(self.std or ()),
              f"mean and std must have one value per channel, got {self.mean} and {self.std}"),
             (self.std is None or all(s > 0 for s in self.std), f"std must be positive, got {self.std}"),
+            (self.preprocessing is None or self.preprocessing in MODES,
+             f"preprocessing must be one of {', '.join(MODES)}, got {self.preprocessing!r}"),
+            (self.preprocessing is None or self.mean is None,
+             f"preprocessing {self.preprocessing!r} and mean/std both set: set one of them"),
             (self.input_size is None or (len(self.input_size) == 2 and min(self.input_size) > 0),
              f"input_size must be two positive integers H,W, got {self.input_size}"),
             *((0 <= value <= MAX_SEED, f"{name} must lie in 0..{MAX_SEED} (torch's seed range), got {value}")
@@ -205,11 +216,12 @@ def learning_rate(recipe: Recipe, epoch: float) -> float:
 def _seed_recipe(model: str, kernel_l2: float) -> Recipe:
     return Recipe(name=model, model=model, epochs=300, batch_size=64, optimizer="sgd", lr=0.01, momentum=0.9,
                   nesterov=True, kernel_l2=kernel_l2, schedule="step", milestones=(100, 200), gamma=0.1,
-                  mean=CIFAR_MEAN, std=CIFAR_STD, flip=True, shift=0.125)
+                  flip=True, shift=0.125)
 
 
 # The seed's CIFAR-10 recipe, per seed variant: SGD (momentum 0.9, Nesterov), batch 64, lr 0.01 divided by
 # 10 at epochs 100 and 200 of 300, flip and shift up to 1/8; Keras L2 1e-4 on kernels for the he_wd family.
+# The seed's CIFAR-10 mean and std are the CIFAR models' own preprocessing ('cifar').
 SEED_RECIPES = {
     "xception_cifar": _seed_recipe("xception_cifar", 0.0),
     "xception_cifar_he_wd": _seed_recipe("xception_cifar_he_wd", 1e-4),

@@ -42,18 +42,18 @@ from tqdm import tqdm
 
 from ..version import __version__
 from ..data import check_batch_size
-from ..data.augment import Normalize
 from ..data.shards import is_shard_source
 from ..data.streaming import StreamLoader, resolve_workers
 from ..data.transforms import ImageTransform
 from ..errors import CheckpointError, ConfigError, DivergedError, OutputError
+from ..preprocess import Normalize
 from ..optimize import tune_cpu_allocator
 from ..registry import get_model_cfg
 from ..runtime import COMPILE_MODES, autocast, bf16_pays, resolve_device, warn_if_bf16_slow
 from ..summary import count_params
 from ..utils.fileio import ensure_dir, write_json
-from .build import (build_model, input_size, kernel_l2, kernels, load_start_weights, make_optimizer, normalization,
-                    rebuild_args, set_frozen, train_mode)
+from .build import (build_model, input_size, kernel_l2, kernels, load_start_weights, make_optimizer, rebuild_args,
+                    recorded_run_preprocessing, run_preprocessing, run_record, set_frozen, train_mode)
 from .data import DataSpec, RunSources, absolute_source, eval_batches, open_run_data, resample_for, train_batches
 from .distributed import (DistEnv, all_sum, barrier, broadcast, host_sum, init_distributed, shard, shutdown,
                           sync_batchnorm)
@@ -154,7 +154,9 @@ def start(opts: TrainOptions, env: DistEnv = DistEnv()) -> Run:
     """A new run as ``opts`` says, ready to :meth:`Run.fit`: its folder (``opts.out``, else
     ``runs/<model>-<time>``) created with ``config.json`` and held by this process, the data opened
     through the recipe's pipeline, the model initialised from the recipe's seed or loaded from
-    ``opts.weights`` (the classifier replaced when the classes differ).
+    ``opts.weights`` (the classifier replaced when the classes differ). The run's one preprocessing is
+    the recipe's when the user set it, else the start weights' recorded one, else the model's
+    (:func:`~convzoo.train.build.run_preprocessing`); ``config.json`` and every checkpoint record it.
 
     Raises :class:`ConfigError` (recipe, options, an existing folder without ``overwrite``),
     :class:`OutputError` (a folder that cannot be written, or that another run is writing),
@@ -178,8 +180,9 @@ def start(opts: TrainOptions, env: DistEnv = DistEnv()) -> Run:
         report = load_start_weights(model, opts.weights)
         if env.is_main:
             log.info(report)
+    normalize, origin = run_preprocessing(recipe, model)
     lock = _agreed(env, lambda: _claim_run_dir(folder, opts.overwrite))
-    run = Run(opts, recipe, env, device, folder, spec, sources, model, lock)
+    run = Run(opts, recipe, env, device, folder, spec, sources, model, lock, normalize, origin)
     if env.is_main:
         write_json(folder / CONFIG_FILE, run.config())
     barrier(env)
@@ -217,7 +220,8 @@ def resume(opts: TrainOptions, env: DistEnv = DistEnv()) -> Run:
                    deterministic=opts.deterministic or config["deterministic"])
     spec, sources, model = _prepare(opts, recipe, DataSpec.from_dict(config["data"]), env, device)
     load_model_weights(model, checkpoint)
-    run = Run(opts, recipe, env, device, folder, spec, sources, model, lock)
+    run = Run(opts, recipe, env, device, folder, spec, sources, model, lock,
+              recorded_run_preprocessing(config, str(folder / CONFIG_FILE)), "recorded by the run")
     run.restore(read_state(checkpoint))
     if env.is_main:
         write_json(folder / CONFIG_FILE, {**config, "recipe": recipe.as_dict()})
@@ -231,14 +235,17 @@ class Run:
     its optimizer, the seeded training loader and this rank's part of the validation set, and where the run
     stands (``epoch`` finished, ``partial`` progress into the next one, ``history`` rows, ``best`` epoch and
     accuracy, ``wall_time`` in seconds). Only rank 0 writes the run folder, which it holds (``lock``) until
-    :meth:`fit` ends or :meth:`close`."""
+    :meth:`fit` ends or :meth:`close`. ``normalize`` is the run's one preprocessing (``origin`` says where it
+    came from): training, validation, ``config.json`` and the checkpoints' weight record all use it."""
 
     def __init__(self, opts: TrainOptions, recipe: Recipe, env: DistEnv, device: torch.device, folder: Path,
-                 spec: DataSpec, sources: RunSources, model: nn.Module, lock: RunLock | None) -> None:
+                 spec: DataSpec, sources: RunSources, model: nn.Module, lock: RunLock | None,
+                 normalize: Normalize, origin: str) -> None:
         self.opts, self.recipe, self.env, self.device, self.folder = opts, recipe, env, device, folder
-        self.spec, self.lock = spec, lock
+        self.spec, self.lock, self.normalize, self.origin = spec, lock, normalize, origin
         self.classes, self.sizes = sources.classes, (len(sources.train), len(sources.val))
-        self.mean, self.std, self.bgr = normalization(recipe, model.default_cfg)
+        model.weights_meta = run_record(model, f"{recipe.model}.{folder.name}", spec.input_size, spec.resample,
+                                        normalize)
         model.to(device, memory_format=torch.channels_last if opts.channels_last else torch.preserve_format)
         if env.enabled and recipe.sync_bn:
             sync_batchnorm(model, device.type == "cuda")
@@ -246,12 +253,11 @@ class Run:
         self.optimizer = make_optimizer(recipe, model, fused=device.type == "cuda")
         self.kernel_l2 = kernel_l2(recipe, model)
         self.workers = resolve_workers(recipe.workers) if spec.pipeline == "stream" else 0
-        norm = (self.mean, self.std, self.bgr)
-        self.train_loader = train_batches(sources.train, recipe, spec, norm, len(self.classes), env, device,
+        self.train_loader = train_batches(sources.train, recipe, spec, normalize, len(self.classes), env, device,
                                           opts.channels_last, self.workers)
         self.streaming = isinstance(self.train_loader, StreamLoader)
-        transform = ImageTransform(spec.input_size, 1.0, spec.resample, model.default_cfg.preprocessing)
-        self.val_loader = eval_batches(sources.val, transform, Normalize.stats(*norm), recipe.batch_size,
+        transform = ImageTransform.with_normalize(spec.input_size, 1.0, spec.resample, normalize)
+        self.val_loader = eval_batches(sources.val, transform, normalize, recipe.batch_size,
                                        device=device, channels_last=opts.channels_last, workers=self.workers,
                                        env=env, persistent=False)
         self.progress = env.is_main and (sys.stderr.isatty() if opts.progress is None else opts.progress)
@@ -283,8 +289,8 @@ class Run:
         opts, recipe, spec = self.opts, self.recipe, self.spec
         return dict(
             model=recipe.model, recipe=recipe.as_dict(), data=spec.as_dict(), classes=self.classes,
-            num_classes=len(self.classes), input_size=[len(self.mean), *spec.input_size],
-            normalization=dict(mean=list(self.mean), std=list(self.std), bgr=self.bgr), kernel_l2=self.kernel_l2,
+            num_classes=len(self.classes), input_size=[self.model.default_cfg.input_size[0], *spec.input_size],
+            preprocessing=self.normalize.to_json(), kernel_l2=self.kernel_l2,
             params=count_params(self.model).total, train_images=self.sizes[0], val_images=self.sizes[1],
             weights=str(opts.weights) if opts.weights else None, world_size=self.env.world_size,
             device=str(self.device), bf16=opts.bf16, channels_last=opts.channels_last, compile=opts.compile,
@@ -304,7 +310,8 @@ class Run:
         self._say(f"training {recipe.model} ({recipe.name} recipe) on {self.sizes[0]} images ({self.spec.pipeline}"
                   f"{f', {self.workers} loader processes' if self.streaming else ''}), validating on "
                   f"{self.sizes[1]}; {epochs}, batch {recipe.batch_size}, {self.device}"
-                  f"{f' x {env.world_size} processes' if env.enabled else ''}; run folder {self.folder}")
+                  f"{f' x {env.world_size} processes' if env.enabled else ''}; preprocessing "
+                  f"{self.normalize.describe()} ({self.origin}); run folder {self.folder}")
         if self.epoch or self.partial:
             self._say(f"resuming after {_where(self.epoch, self.partial)}")
         try:
@@ -450,8 +457,7 @@ class Run:
     def _extra(self) -> dict[str, Any]:
         """The metadata of a checkpoint's ``model.safetensors``."""
         val_acc = self.history[-1]["val_acc"] if self.history else None
-        return dict(recipe=self.recipe.name, epoch=self.epoch, val_acc=val_acc, mean=list(self.mean),
-                    std=list(self.std), bgr=self.bgr)
+        return dict(recipe=self.recipe.name, epoch=self.epoch, val_acc=val_acc)
 
     def _state(self) -> dict[str, Any]:
         """What resuming from here needs (``state.pt`` of a checkpoint)."""

@@ -1,8 +1,9 @@
 """convzoo's own checkpoint: one safetensors file whose metadata header holds a JSON config.
 
 The config records the registered model name, the :func:`~convzoo.create_model` arguments that rebuild it,
-the class names, the model's ``default_cfg`` (preprocessing, input size, ...), the record of the weights it
-was loaded from (``model.weights_meta``, see :mod:`.records`) and a free-form ``extra`` dict, so
+the class names, the model's ``default_cfg`` (preprocessing, input size, ...), the record of its weights
+(``model.weights_meta``, see :mod:`.records`: the file they were loaded from, or for a training run's
+checkpoint the run's own, with the run's preprocessing) and a free-form ``extra`` dict, so
 :func:`~convzoo.weights.loading.load_checkpoint` rebuilds the model in one call. Files are written atomically
 (:func:`convzoo.utils.fileio.atomic_write`). Optimiser or trainer state does not belong here; keep it in its
 own file.

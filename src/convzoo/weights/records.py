@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ChecksumError
 from ..models.spec import ModelCfg, WeightRecord
-from ..preprocess import CUSTOM, MODES, mode_stats
+from ..preprocess import Normalize
 from ..registry import list_records
 from ..utils.fileio import check_file, file_digest
 
@@ -54,20 +52,8 @@ def record_for_file(cfg: ModelCfg, path: str | Path, source: str, include_top: b
     0..255 pixel units the file's own preprocessing layers apply, override both (as the mode they equal, else
     as ``'custom'``). Its classes, accuracy and parity are unknown."""
     path = Path(path)
-    mode = preprocessing or cfg.preprocessing
-    mean, std, _ = mode_stats(mode)
-    if stats is not None:
-        mode, (mean, std) = mode_of(*stats), stats
+    normalize = Normalize(mode=preprocessing or cfg.preprocessing) if stats is None else Normalize.matching(*stats)
+    mode, mean, std = normalize.record()
     return WeightRecord(f"{cfg.name}.{path.stem}", cfg.name, source, None, path.name,
                         f"sha256:{file_digest(path)}", path.stat().st_size, include_top, tuple(cfg.input_size),
                         cfg.interpolation, cfg.crop_pct, mode, tuple(mean), tuple(std), None)
-
-
-def mode_of(mean: tuple[float, ...], std: tuple[float, ...]) -> str:
-    """The preprocessing mode whose RGB (mean, std) in 0..255 pixel units equal these (to 1e-4 pixel and
-    1e-6 relative), else ``'custom'``."""
-    for mode in MODES:
-        m, s, bgr = mode_stats(mode)
-        if not bgr and np.allclose(mean, m, rtol=1e-6, atol=1e-4) and np.allclose(std, s, rtol=1e-6, atol=1e-6):
-            return mode
-    return CUSTOM
