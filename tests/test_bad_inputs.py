@@ -52,6 +52,32 @@ def _non_numeric_metrics(run: Path) -> None:
         csv.writer(f).writerows(rows)
 
 
+def _recipe_value(field: str, value: object):
+    """config.json records ``value`` for recipe ``field``."""
+
+    def damage(run: Path) -> None:
+        config = json.loads((run / "config.json").read_text())
+        config["recipe"][field] = value
+        (run / "config.json").write_text(json.dumps(config))
+
+    return damage
+
+
+def _drop_config_field(field: str):
+    def damage(run: Path) -> None:
+        config = json.loads((run / "config.json").read_text())
+        del config[field]
+        (run / "config.json").write_text(json.dumps(config))
+
+    return damage
+
+
+def _truncated_cifar_archive(ctx: Ctx) -> None:
+    _cifar_archive_with_another_md5(ctx)
+    archive = ctx.tmp / "cifar-10-binary.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:-2000])
+
+
 def _truncate(relative: str, keep: float = 0.5):
     def damage(run: Path) -> None:
         path = run / relative
@@ -217,6 +243,23 @@ CASES: list[Case] = [
       ("$tmp/run/last/state.pt", "refus", SYSTEM), _evil_state("last"), fresh=True),
     C("train", "resume-config-not-json", ("train", "--resume", "$tmp/run"), ("config.json",),
       run_copy(lambda run: (run / "config.json").write_bytes(NOISE))),
+    C("train", "resume-state-not-a-torch-file", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/state.pt",),
+      run_copy(lambda run: (run / "last" / "state.pt").write_text(TEXT))),
+    C("train", "resume-state-empty", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/state.pt", "empty"),
+      run_copy(lambda run: (run / "last" / "state.pt").write_bytes(b""))),
+    C("train", "resume-state-without-fields", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/state.pt", "rng"),
+      run_copy(lambda run: torch.save({"format": 1, "epoch": 2}, run / "last" / "state.pt"))),
+    C("train", "resume-truncated-weights", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/model.safetensors",),
+      run_copy(_truncate("last/model.safetensors"))),
+    C("train", "resume-config-without-fields", ("train", "--resume", "$tmp/run"), ("config.json", "model"),
+      run_copy(lambda run: (run / "config.json").write_text("{}"))),
+    C("train", "resume-config-recipe-out-of-range", ("train", "--resume", "$tmp/run"),
+      ("config.json", "momentum", RANGE), run_copy(_recipe_value("momentum", 1.5))),
+    C("train", "archive-truncated", (*TRAIN, "--data", "$tmp/cifar-10-binary.tar.gz"),
+      ("$tmp/cifar-10-binary.tar.gz", "truncated"), _truncated_cifar_archive),
+    C("train", "labels-binary", (*TRAIN, "--data", "$tmp/photos", "--labels", "$tmp/labels.csv"), ("$tmp/labels.csv",),
+      make({"photos/a.png": TEXT, "labels.csv": NOISE})),
+    C("train", "input-size-huge", (*TRAIN, "--set", "input_size=100000,100000"), ("input_size", "100000", RANGE)),
     # eval
     C("eval", "missing", ("eval", "$tmp/absent"), ("$tmp/absent", ABSENT)),
     C("eval", "text-file", ("eval", "$tmp/m.safetensors"), ("$tmp/m.safetensors",), make({"m.safetensors": TEXT})),
@@ -228,6 +271,14 @@ CASES: list[Case] = [
       run_copy(_truncate("best/model.safetensors"))),
     C("eval", "run-with-malicious-state", ("eval", "$tmp/run"),
       ("$tmp/run/best/state.pt", "refus", SYSTEM), _evil_state("best")),
+    C("eval", "run-state-not-a-torch-file", ("eval", "$tmp/run"), ("$tmp/run/best/state.pt",),
+      run_copy(lambda run: (run / "best" / "state.pt").write_text(TEXT))),
+    C("eval", "run-config-of-another-model", ("eval", "$tmp/run"), ("$tmp/run", "xception_cifar"),
+      run_copy(_other_model)),
+    C("eval", "run-config-not-an-object", ("eval", "$tmp/run"), ("config.json", "JSON object"),
+      run_copy(lambda run: (run / "config.json").write_text("[]"))),
+    C("eval", "run-config-binary", ("eval", "$tmp/run"), ("config.json", "binary"),
+      run_copy(lambda run: (run / "config.json").write_bytes(NOISE))),
     C("eval", "batch-size-negative", (*EVAL, "--batch-size", "-3"), ("--batch-size", RANGE)),
     C("eval", "batch-size-zero", (*EVAL, "--batch-size", "0"), ("--batch-size", RANGE)),
     C("eval", "data-missing", (*EVAL, "--data", "$tmp/absent"), ("$tmp/absent", ABSENT)),
@@ -237,6 +288,12 @@ CASES: list[Case] = [
       run_copy(_non_numeric_metrics)),
     C("compare", "metrics-binary", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("metrics.csv", "$tmp/run"),
       run_copy(lambda run: (run / "metrics.csv").write_bytes(NOISE))),
+    C("compare", "metrics-without-columns", ("compare", "$tmp/run", "--out", "$tmp/c.png"),
+      ("metrics.csv", "epoch"), run_copy(lambda run: (run / "metrics.csv").write_text("a,b\n1,2\n"))),
+    C("compare", "metrics-row-too-long", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("metrics.csv", "line 4"),
+      run_copy(lambda run: (run / "metrics.csv").write_text((run / "metrics.csv").read_text() + "1,2,3" + ",4" * 20))),
+    C("compare", "config-without-fields", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("config.json", "params"),
+      run_copy(_drop_config_field("params"))),
     C("compare", "config-not-json", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("config.json", "$tmp/run"),
       run_copy(lambda run: (run / "config.json").write_text("{"))),
     C("compare", "run-missing", ("compare", "$tmp/absent", "--out", "$tmp/c.png"), ("$tmp/absent", ABSENT)),
@@ -250,6 +307,9 @@ CASES: list[Case] = [
     C("compare", "output-unwritable", ("compare", "$run", "--out", "/proc/c.png"), ("/proc/c.png",)),
     # recipes
     C("recipes", "unknown-recipe", ("recipes", "no_such_recipe"), ("no_such_recipe",)),
+    # info
+    C("info", "unexpected-argument", ("info", "cpu"), ("cpu",)),
+    C("info", "flag-with-a-value", ("info", "--json=yes"), ("--json", "yes")),
     # weights convert
     C("weights convert", "input-missing", ("weights", "convert", "$tmp/absent.pth", "$tmp/out.safetensors",
                                            "--model", "xception_cifar_tiny"), ("$tmp/absent.pth", ABSENT)),
