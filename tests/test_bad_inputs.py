@@ -460,6 +460,8 @@ def test_every_verb_has_rows(capsys):
     ("gamma=nan", "gamma"), ("kernel_l2=inf", "kernel_l2"), ("aux_weight=nan", "aux_weight"), ("shift=nan", "shift"),
     ("warmup_epochs=inf", "warmup_epochs"), ("val_fraction=nan", "val_fraction"), ("min_lr=-1", "min_lr"),
     ("momentum=1.5", "momentum"), ("mean=nan,0,0", "mean"), ("std=inf,1,1", "std"),
+    ("lr=1e39", "lr"), ("weight_decay=1e39", "weight_decay"), ("epochs=2000000", "epochs"), ("cutout=100000", "cutout"),
+    ("milestones=-1", "milestones"), ("min_lr=0.5", "min_lr"), ("mean=1,2", "mean"), ("warmup_start=2", "warmup_start"),
 ])
 def test_recipe_number_is_checked_when_set(setting, field, ctx, capsys):
     out = ctx.tmp / "out"

@@ -26,6 +26,8 @@ OPTIMIZERS = ("sgd", "adamw")
 PIPELINES = ("auto", *STREAM_PIPELINES)
 # Seeds are non-negative signed 64-bit integers (what torch.manual_seed and numpy's SeedSequence both take).
 MAX_SEED = 2 ** 63 - 1
+# More epochs than any run could finish (and few enough for the schedule's float arithmetic).
+MAX_EPOCHS = 1_000_000
 SCHEDULES = ("step", "cosine", "linear", "constant")
 # Command-line words for None (in a field that may be None) and for booleans.
 NONE_WORDS = ("none", "null", "")
@@ -59,17 +61,22 @@ def _num(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
 
+# The largest float32: the optimizer and the loss take the rates and factors below as float32 scalars.
+FLOAT32_MAX = 3.4028234663852886e38
 PROBABILITY = Range(0, 1)
 POSITIVE = Range(0, low_open=True)
+RATE = Range(0, FLOAT32_MAX, low_open=True)
+FACTOR = Range(0, FLOAT32_MAX)
 # The range of each numeric field of :class:`Recipe` (each value of a tuple field; None, where a field may be
 # None, is not a number and always allowed). The streaming augmentation's fields are checked by
 # ``TrainAugment.validate``.
 FIELD_RANGES: dict[str, Range] = {
-    "epochs": Range(1), "batch_size": Range(1), "lr": POSITIVE, "momentum": PROBABILITY, "weight_decay": Range(0),
-    "kernel_l2": Range(0), "milestones": Range(0), "gamma": POSITIVE, "warmup_epochs": Range(0),
-    "warmup_start": PROBABILITY, "min_lr": Range(0), "label_smoothing": Range(0, 1, high_open=True),
-    "aux_weight": Range(0), "mean": Range(0, 255), "std": POSITIVE, "shift": Range(0, 0.5, high_open=True),
-    "cutout": Range(0), "val_fraction": Range(0, 1, low_open=True, high_open=True), "split_seed": Range(0, MAX_SEED),
+    "epochs": Range(1, MAX_EPOCHS), "batch_size": Range(1), "lr": RATE, "momentum": PROBABILITY, "weight_decay": FACTOR,
+    "kernel_l2": FACTOR, "milestones": Range(0), "gamma": POSITIVE, "warmup_epochs": Range(0),
+    "warmup_start": PROBABILITY, "min_lr": FACTOR, "label_smoothing": Range(0, 1, high_open=True),
+    "aux_weight": FACTOR, "mean": Range(0, 255), "std": POSITIVE, "shift": Range(0, 0.5, high_open=True),
+    "cutout": Range(0, MAX_SIDE), "val_fraction": Range(0, 1, low_open=True, high_open=True),
+    "split_seed": Range(0, MAX_SEED),
     "seed": Range(0, MAX_SEED), "freeze_epochs": Range(0), "workers": Range(0), "checkpoint_every_min": Range(0),
     "input_size": Range(1, MAX_SIDE),
 }
@@ -169,9 +176,12 @@ class Recipe:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (self.min_lr <= self.lr, f"min_lr must be at most lr ({self.lr:g}), got {self.min_lr:g}"),
+            (self.schedule != "step" or self.gamma <= 1 or math.log(self.lr) + len(self.milestones) * math.log(
+                self.gamma) <= math.log(FLOAT32_MAX), f"the step schedule's largest learning rate, lr * gamma ** "
+             f"{len(self.milestones)}, must be at most {FLOAT32_MAX:g}; gamma {self.gamma:g} is too large"),
             ((self.mean is None) == (self.std is None), "mean and std must both be set or both be none"),
-            (self.mean is None or len(self.mean) == len(self.std or ()),
-             f"mean and std must have one value per channel, got {self.mean} and {self.std}"),
+            (self.mean is None or len(self.mean) == len(self.std or ()) == 3,
+             f"mean and std must have 3 values (one per colour channel), got {self.mean} and {self.std}"),
             (self.input_size is None or len(self.input_size) == 2,
              f"input_size must be two positive integers H,W, got {self.input_size}"),
             (self.pipeline in PIPELINES, f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}"),
