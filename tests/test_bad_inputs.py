@@ -12,6 +12,7 @@ import re
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -52,21 +53,12 @@ def _non_numeric_metrics(run: Path) -> None:
         csv.writer(f).writerows(rows)
 
 
-def _recipe_value(field: str, value: object):
-    """config.json records ``value`` for recipe ``field``."""
+def _edit_config(change: Callable[[dict], object]):
+    """The run's config.json changed in place by ``change``."""
 
     def damage(run: Path) -> None:
         config = json.loads((run / "config.json").read_text())
-        config["recipe"][field] = value
-        (run / "config.json").write_text(json.dumps(config))
-
-    return damage
-
-
-def _drop_config_field(field: str):
-    def damage(run: Path) -> None:
-        config = json.loads((run / "config.json").read_text())
-        del config[field]
+        change(config)
         (run / "config.json").write_text(json.dumps(config))
 
     return damage
@@ -254,7 +246,7 @@ CASES: list[Case] = [
     C("train", "resume-config-without-fields", ("train", "--resume", "$tmp/run"), ("config.json", "model"),
       run_copy(lambda run: (run / "config.json").write_text("{}"))),
     C("train", "resume-config-recipe-out-of-range", ("train", "--resume", "$tmp/run"),
-      ("config.json", "momentum", RANGE), run_copy(_recipe_value("momentum", 1.5))),
+      ("config.json", "momentum", RANGE), run_copy(_edit_config(lambda c: c["recipe"].update(momentum=1.5)))),
     C("train", "archive-truncated", (*TRAIN, "--data", "$tmp/cifar-10-binary.tar.gz"),
       ("$tmp/cifar-10-binary.tar.gz", "truncated"), _truncated_cifar_archive),
     C("train", "labels-binary", (*TRAIN, "--data", "$tmp/photos", "--labels", "$tmp/labels.csv"), ("$tmp/labels.csv",),
@@ -279,6 +271,10 @@ CASES: list[Case] = [
       run_copy(lambda run: (run / "config.json").write_text("[]"))),
     C("eval", "run-config-binary", ("eval", "$tmp/run"), ("config.json", "binary"),
       run_copy(lambda run: (run / "config.json").write_bytes(NOISE))),
+    C("eval", "run-config-data-of-another-kind", ("eval", "$tmp/run"), ("config.json", "data"),
+      run_copy(_edit_config(lambda c: c.update(data="cifar10")))),
+    C("eval", "run-config-classes-not-names", ("eval", "$tmp/run"), ("config.json", "classes"),
+      run_copy(_edit_config(lambda c: c.update(classes=10)))),
     C("eval", "batch-size-negative", (*EVAL, "--batch-size", "-3"), ("--batch-size", RANGE)),
     C("eval", "batch-size-zero", (*EVAL, "--batch-size", "0"), ("--batch-size", RANGE)),
     C("eval", "data-missing", (*EVAL, "--data", "$tmp/absent"), ("$tmp/absent", ABSENT)),
@@ -293,7 +289,7 @@ CASES: list[Case] = [
     C("compare", "metrics-row-too-long", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("metrics.csv", "line 4"),
       run_copy(lambda run: (run / "metrics.csv").write_text((run / "metrics.csv").read_text() + "1,2,3" + ",4" * 20))),
     C("compare", "config-without-fields", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("config.json", "params"),
-      run_copy(_drop_config_field("params"))),
+      run_copy(_edit_config(lambda c: c.pop("params")))),
     C("compare", "config-not-json", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("config.json", "$tmp/run"),
       run_copy(lambda run: (run / "config.json").write_text("{"))),
     C("compare", "run-missing", ("compare", "$tmp/absent", "--out", "$tmp/c.png"), ("$tmp/absent", ABSENT)),

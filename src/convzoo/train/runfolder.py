@@ -34,7 +34,9 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, OutputError, WeightsError
 from ..utils.fileio import atomic_write, complete_folder, ensure_dir, fsync_dir, previous_version, read_text
+from ..utils.typed import coerce
 from ..weights import load_torch_file, save_checkpoint
+from .data import DataSpec
 from .metrics import write_history
 from .plots import plot_curves
 from .recipes import from_dict
@@ -52,7 +54,7 @@ LOCK_FILE = "run.lock"
 ORPHAN_WAIT_S = 15.0
 STATE_FORMAT = 1
 # What every reader of a run takes from its config.json and from a checkpoint's state.pt.
-CONFIG_FIELDS = ("model", "recipe", "data", "classes", "params")
+CONFIG_FIELDS: dict[str, Any] = {"model": str, "recipe": dict, "data": dict, "classes": list[str], "params": int}
 STATE_FIELDS = ("epoch", "optimizer", "rng", "history", "best", "wall_time", "loader")
 # curves.png is redrawn at most this often (and after the last epoch): drawing takes ~0.3 s, as long as
 # a whole epoch of the fast recipe on a GPU.
@@ -64,8 +66,9 @@ TENSORBOARD_TAGS = {"loss/train": "train_loss", "loss/val": "val_loss", "accurac
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a run folder: a JSON object with at least :data:`CONFIG_FIELDS` and a recipe
-    that :func:`~.recipes.from_dict` takes; else :class:`CheckpointError` naming the folder or the file."""
+    """The ``config.json`` of a run folder: a JSON object whose :data:`CONFIG_FIELDS` have their types, with a
+    recipe that :func:`~.recipes.from_dict` takes and data that :meth:`DataSpec.from_dict` takes; else
+    :class:`CheckpointError` naming the folder or the file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"expected a run folder at {run_dir}, found a file" if run_dir.exists()
@@ -83,10 +86,11 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     missing = [key for key in CONFIG_FIELDS if key not in config]
     if missing:
         raise CheckpointError(f"{path}: expected a convzoo run config, found one without {', '.join(missing)}")
-    if not isinstance(config["recipe"], dict):
-        raise CheckpointError(f"{path}: expected the recipe as a JSON object, found a {type(config['recipe']).__name__}")
     try:
+        for key, hint in CONFIG_FIELDS.items():
+            coerce(config[key], hint, f"field {key}")
         from_dict(config["recipe"])
+        DataSpec.from_dict(config["data"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
     return config
