@@ -64,6 +64,17 @@ def _edit_config(change: Callable[[dict], object]):
     return damage
 
 
+def _edit_state(change: Callable[[dict], object], which: str = "last"):
+    """The run's ``which``/state.pt changed in place by ``change``."""
+
+    def damage(run: Path) -> None:
+        state = torch.load(run / which / "state.pt", weights_only=True)
+        change(state)
+        torch.save(state, run / which / "state.pt")
+
+    return damage
+
+
 def _truncated_cifar_archive(ctx: Ctx) -> None:
     _cifar_archive_with_another_md5(ctx)
     archive = ctx.tmp / "cifar-10-binary.tar.gz"
@@ -241,6 +252,14 @@ CASES: list[Case] = [
       run_copy(lambda run: (run / "last" / "state.pt").write_bytes(b""))),
     C("train", "resume-state-without-fields", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/state.pt", "rng"),
       run_copy(lambda run: torch.save({"format": 1, "epoch": 2}, run / "last" / "state.pt"))),
+    C("train", "resume-state-rng-of-another-kind", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/state.pt", "rng"),
+      run_copy(_edit_state(lambda s: s.update(rng=torch.zeros(3))))),
+    C("train", "resume-state-optimizer-not-a-state", ("train", "--resume", "$tmp/run"),
+      ("$tmp/run/last/state.pt", "optimizer"), run_copy(_edit_state(lambda s: s.update(optimizer={"x": 1})))),
+    C("train", "resume-state-of-other-parameters", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/state.pt",),
+      run_copy(_edit_state(lambda s: s["optimizer"]["param_groups"][0].update(params=[0])))),
+    C("train", "resume-recipe-of-another-optimizer", ("train", "--resume", "$tmp/run"),
+      ("$tmp/run/last/state.pt", "adamw"), run_copy(_edit_config(lambda c: c["recipe"].update(optimizer="adamw")))),
     C("train", "resume-truncated-weights", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/model.safetensors",),
       run_copy(_truncate("last/model.safetensors"))),
     C("train", "resume-config-without-fields", ("train", "--resume", "$tmp/run"), ("config.json", "model"),

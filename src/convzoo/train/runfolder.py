@@ -55,7 +55,8 @@ ORPHAN_WAIT_S = 15.0
 STATE_FORMAT = 1
 # What every reader of a run takes from its config.json and from a checkpoint's state.pt.
 CONFIG_FIELDS: dict[str, Any] = {"model": str, "recipe": dict, "data": dict, "classes": list[str], "params": int}
-STATE_FIELDS = ("epoch", "optimizer", "rng", "history", "best", "wall_time", "loader")
+STATE_FIELDS: dict[str, Any] = {"epoch": int, "optimizer": dict, "rng": torch.Tensor, "history": list, "best": dict,
+                                "wall_time": float, "loader": dict}
 # curves.png is redrawn at most this often (and after the last epoch): drawing takes ~0.3 s, as long as
 # a whole epoch of the fast recipe on a GPU.
 PLOT_EVERY_S = 30.0
@@ -165,6 +166,15 @@ def read_state(folder: Path) -> dict[str, Any]:
     missing = [key for key in STATE_FIELDS if key not in state]
     if missing:
         raise CheckpointError(f"{path}: expected a convzoo run state, found one without {', '.join(missing)}")
+    try:
+        for key, hint in STATE_FIELDS.items():
+            coerce(state[key], hint, f"field {key}")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if not {"state", "param_groups"} <= state["optimizer"].keys():
+        keys = ", ".join(map(str, state["optimizer"]))[:60]
+        raise CheckpointError(f"{path}: expected an optimizer state with state and param_groups, found "
+                              f"{f'one with {keys}' if keys else 'an empty one'}")
     return state
 
 
