@@ -84,17 +84,26 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
                               f"({e.msg})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found a {type(config).__name__}")
-    missing = [key for key in CONFIG_FIELDS if key not in config]
-    if missing:
-        raise CheckpointError(f"{path}: expected a convzoo run config, found one without {', '.join(missing)}")
+    _check_fields(config, CONFIG_FIELDS, path, "run config")
     try:
-        for key, hint in CONFIG_FIELDS.items():
-            coerce(config[key], hint, f"field {key}")
         from_dict(config["recipe"])
         DataSpec.from_dict(config["data"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
     return config
+
+
+def _check_fields(record: dict[str, Any], fields: dict[str, Any], path: Path, what: str) -> None:
+    """:class:`CheckpointError` naming ``path`` unless ``record`` (a convzoo ``what`` read from it) holds each
+    of ``fields`` (name -> type) with a value of that type."""
+    missing = [key for key in fields if key not in record]
+    if missing:
+        raise CheckpointError(f"{path}: expected a convzoo {what}, found one without {', '.join(missing)}")
+    try:
+        for key, hint in fields.items():
+            coerce(record[key], hint, f"field {key}")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def os_reason(exc: BaseException) -> str:
@@ -163,14 +172,7 @@ def read_state(folder: Path) -> dict[str, Any]:
         raise CheckpointError(str(e)) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a convzoo run state (format {STATE_FORMAT})")
-    missing = [key for key in STATE_FIELDS if key not in state]
-    if missing:
-        raise CheckpointError(f"{path}: expected a convzoo run state, found one without {', '.join(missing)}")
-    try:
-        for key, hint in STATE_FIELDS.items():
-            coerce(state[key], hint, f"field {key}")
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    _check_fields(state, STATE_FIELDS, path, "run state")
     if not {"state", "param_groups"} <= state["optimizer"].keys():
         keys = ", ".join(map(str, state["optimizer"]))[:60]
         raise CheckpointError(f"{path}: expected an optimizer state with state and param_groups, found "
