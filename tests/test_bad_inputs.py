@@ -12,6 +12,7 @@ import re
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -50,6 +51,34 @@ def _non_numeric_metrics(run: Path) -> None:
     rows.append(["3", "oops", *rows[-1][2:]])
     with open(run / "metrics.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
+
+
+def _edit_config(change: Callable[[dict], object]):
+    """The run's config.json changed in place by ``change``."""
+
+    def damage(run: Path) -> None:
+        config = json.loads((run / "config.json").read_text())
+        change(config)
+        (run / "config.json").write_text(json.dumps(config))
+
+    return damage
+
+
+def _edit_state(change: Callable[[dict], object], which: str = "last"):
+    """The run's ``which``/state.pt changed in place by ``change``."""
+
+    def damage(run: Path) -> None:
+        state = torch.load(run / which / "state.pt", weights_only=True)
+        change(state)
+        torch.save(state, run / which / "state.pt")
+
+    return damage
+
+
+def _truncated_cifar_archive(ctx: Ctx) -> None:
+    _cifar_archive_with_another_md5(ctx)
+    archive = ctx.tmp / "cifar-10-binary.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:-2000])
 
 
 def _truncate(relative: str, keep: float = 0.5):
@@ -217,6 +246,31 @@ CASES: list[Case] = [
       ("$tmp/run/last/state.pt", "refus", SYSTEM), _evil_state("last"), fresh=True),
     C("train", "resume-config-not-json", ("train", "--resume", "$tmp/run"), ("config.json",),
       run_copy(lambda run: (run / "config.json").write_bytes(NOISE))),
+    C("train", "resume-state-not-a-torch-file", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/state.pt",),
+      run_copy(lambda run: (run / "last" / "state.pt").write_text(TEXT))),
+    C("train", "resume-state-empty", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/state.pt", "empty"),
+      run_copy(lambda run: (run / "last" / "state.pt").write_bytes(b""))),
+    C("train", "resume-state-without-fields", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/state.pt", "rng"),
+      run_copy(lambda run: torch.save({"format": 1, "epoch": 2}, run / "last" / "state.pt"))),
+    C("train", "resume-state-rng-of-another-kind", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/state.pt", "rng"),
+      run_copy(_edit_state(lambda s: s.update(rng=torch.zeros(3))))),
+    C("train", "resume-state-optimizer-not-a-state", ("train", "--resume", "$tmp/run"),
+      ("$tmp/run/last/state.pt", "optimizer"), run_copy(_edit_state(lambda s: s.update(optimizer={"x": 1})))),
+    C("train", "resume-state-of-other-parameters", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/state.pt",),
+      run_copy(_edit_state(lambda s: s["optimizer"]["param_groups"][0].update(params=[0])))),
+    C("train", "resume-recipe-of-another-optimizer", ("train", "--resume", "$tmp/run"),
+      ("$tmp/run/last/state.pt", "adamw"), run_copy(_edit_config(lambda c: c["recipe"].update(optimizer="adamw")))),
+    C("train", "resume-truncated-weights", ("train", "--resume", "$tmp/run"), ("$tmp/run/last/model.safetensors",),
+      run_copy(_truncate("last/model.safetensors"))),
+    C("train", "resume-config-without-fields", ("train", "--resume", "$tmp/run"), ("config.json", "model"),
+      run_copy(lambda run: (run / "config.json").write_text("{}"))),
+    C("train", "resume-config-recipe-out-of-range", ("train", "--resume", "$tmp/run"),
+      ("config.json", "momentum", RANGE), run_copy(_edit_config(lambda c: c["recipe"].update(momentum=1.5)))),
+    C("train", "archive-truncated", (*TRAIN, "--data", "$tmp/cifar-10-binary.tar.gz"),
+      ("$tmp/cifar-10-binary.tar.gz", "truncated"), _truncated_cifar_archive),
+    C("train", "labels-binary", (*TRAIN, "--data", "$tmp/photos", "--labels", "$tmp/labels.csv"), ("$tmp/labels.csv",),
+      make({"photos/a.png": TEXT, "labels.csv": NOISE})),
+    C("train", "input-size-huge", (*TRAIN, "--set", "input_size=100000,100000"), ("input_size", "100000", RANGE)),
     # eval
     C("eval", "missing", ("eval", "$tmp/absent"), ("$tmp/absent", ABSENT)),
     C("eval", "text-file", ("eval", "$tmp/m.safetensors"), ("$tmp/m.safetensors",), make({"m.safetensors": TEXT})),
@@ -228,6 +282,18 @@ CASES: list[Case] = [
       run_copy(_truncate("best/model.safetensors"))),
     C("eval", "run-with-malicious-state", ("eval", "$tmp/run"),
       ("$tmp/run/best/state.pt", "refus", SYSTEM), _evil_state("best")),
+    C("eval", "run-state-not-a-torch-file", ("eval", "$tmp/run"), ("$tmp/run/best/state.pt",),
+      run_copy(lambda run: (run / "best" / "state.pt").write_text(TEXT))),
+    C("eval", "run-config-of-another-model", ("eval", "$tmp/run"), ("$tmp/run", "xception_cifar"),
+      run_copy(_other_model)),
+    C("eval", "run-config-not-an-object", ("eval", "$tmp/run"), ("config.json", "JSON object"),
+      run_copy(lambda run: (run / "config.json").write_text("[]"))),
+    C("eval", "run-config-binary", ("eval", "$tmp/run"), ("config.json", "binary"),
+      run_copy(lambda run: (run / "config.json").write_bytes(NOISE))),
+    C("eval", "run-config-data-of-another-kind", ("eval", "$tmp/run"), ("config.json", "data"),
+      run_copy(_edit_config(lambda c: c.update(data="cifar10")))),
+    C("eval", "run-config-classes-not-names", ("eval", "$tmp/run"), ("config.json", "classes"),
+      run_copy(_edit_config(lambda c: c.update(classes=10)))),
     C("eval", "batch-size-negative", (*EVAL, "--batch-size", "-3"), ("--batch-size", RANGE)),
     C("eval", "batch-size-zero", (*EVAL, "--batch-size", "0"), ("--batch-size", RANGE)),
     C("eval", "data-missing", (*EVAL, "--data", "$tmp/absent"), ("$tmp/absent", ABSENT)),
@@ -237,6 +303,12 @@ CASES: list[Case] = [
       run_copy(_non_numeric_metrics)),
     C("compare", "metrics-binary", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("metrics.csv", "$tmp/run"),
       run_copy(lambda run: (run / "metrics.csv").write_bytes(NOISE))),
+    C("compare", "metrics-without-columns", ("compare", "$tmp/run", "--out", "$tmp/c.png"),
+      ("metrics.csv", "epoch"), run_copy(lambda run: (run / "metrics.csv").write_text("a,b\n1,2\n"))),
+    C("compare", "metrics-row-too-long", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("metrics.csv", "line 4"),
+      run_copy(lambda run: (run / "metrics.csv").write_text((run / "metrics.csv").read_text() + "1,2,3" + ",4" * 20))),
+    C("compare", "config-without-fields", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("config.json", "params"),
+      run_copy(_edit_config(lambda c: c.pop("params")))),
     C("compare", "config-not-json", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("config.json", "$tmp/run"),
       run_copy(lambda run: (run / "config.json").write_text("{"))),
     C("compare", "run-missing", ("compare", "$tmp/absent", "--out", "$tmp/c.png"), ("$tmp/absent", ABSENT)),
@@ -250,6 +322,9 @@ CASES: list[Case] = [
     C("compare", "output-unwritable", ("compare", "$run", "--out", "/proc/c.png"), ("/proc/c.png",)),
     # recipes
     C("recipes", "unknown-recipe", ("recipes", "no_such_recipe"), ("no_such_recipe",)),
+    # info
+    C("info", "unexpected-argument", ("info", "cpu"), ("cpu",)),
+    C("info", "flag-with-a-value", ("info", "--json=yes"), ("--json", "yes")),
     # weights convert
     C("weights convert", "input-missing", ("weights", "convert", "$tmp/absent.pth", "$tmp/out.safetensors",
                                            "--model", "xception_cifar_tiny"), ("$tmp/absent.pth", ABSENT)),
@@ -400,6 +475,8 @@ def test_every_verb_has_rows(capsys):
     ("gamma=nan", "gamma"), ("kernel_l2=inf", "kernel_l2"), ("aux_weight=nan", "aux_weight"), ("shift=nan", "shift"),
     ("warmup_epochs=inf", "warmup_epochs"), ("val_fraction=nan", "val_fraction"), ("min_lr=-1", "min_lr"),
     ("momentum=1.5", "momentum"), ("mean=nan,0,0", "mean"), ("std=inf,1,1", "std"),
+    ("lr=1e39", "lr"), ("weight_decay=1e39", "weight_decay"), ("epochs=2000000", "epochs"), ("cutout=100000", "cutout"),
+    ("milestones=-1", "milestones"), ("min_lr=0.5", "min_lr"), ("mean=1,2", "mean"), ("warmup_start=2", "warmup_start"),
 ])
 def test_recipe_number_is_checked_when_set(setting, field, ctx, capsys):
     out = ctx.tmp / "out"

@@ -251,8 +251,11 @@ def test_choices_a_run_cannot_make_are_refused(runtimes, precisions, against, de
 
 
 def test_rounds_below_one_are_refused(capsys):
-    assert main(["bench", "xception_cifar_tiny", "--device", "cpu", "--rounds", "0"]) == 2
-    assert capsys.readouterr().err == "convzoo: error: rounds must be at least 1, got 0\n"
+    """Refused where the flag is parsed: argparse exits 2 with one line naming the flag and its range."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "xception_cifar_tiny", "--device", "cpu", "--rounds", "0"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "convzoo: error: argument --rounds: expected an integer of at least 1, got 0\n"
 
 
 @pytest.mark.slow

@@ -95,6 +95,24 @@ def test_validate_rejects_unusable_values(field, value):
         r.validate()
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"schedule": "step", "milestones": (1, 2), "gamma": 1e30}, r"lr \* gamma \*\* 2, must be at most 3.40282e\+38"),
+    ({"lr": 0.1, "min_lr": 0.2}, "min_lr must be at most lr"),
+    ({"momentum": 1.5}, r"momentum must be in \[0, 1\], got 1.5"),
+    ({"mean": (1.0, 2.0), "std": (1.0, 2.0)}, "3 values"),
+])
+def test_validate_rejects_values_no_run_could_use(values, message):
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(get_recipe("fast"), **values).validate()
+
+
+def test_recorded_recipe_out_of_range_is_refused():
+    """A config.json edited by hand: from_dict checks each number against its field's range."""
+    values = get_recipe("fast").as_dict() | {"warmup_start": 2.0}
+    with pytest.raises(ConfigError, match=r"recipe field warmup_start must be in \[0, 1\], got 2.0"):
+        from_dict(values)
+
+
 def test_cosine_warmup_schedule():
     r = Recipe(lr=1.0, epochs=10, schedule="cosine", warmup_epochs=2, warmup_start=0.1, min_lr=0.0)
     assert learning_rate(r, 0) == pytest.approx(0.1)

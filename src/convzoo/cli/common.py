@@ -13,14 +13,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..data.dataset import MAX_SIDE
 from ..errors import ConvzooWarning, UnknownModelError
 from ..registry import get_model_cfg
 from ..runtime import PRECISIONS, RUNTIME_PRECISIONS, RUNTIMES
 from ..train.recipes import MAX_SEED
-
-# The largest image side the verbs take (summary, graph, bench, export): far beyond any classification input,
-# small enough that one feature map of the widest stem fits in memory.
-MAX_SIDE = 4096
 
 
 def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -100,7 +97,7 @@ def check_output_file(path: str | Path, suffixes: tuple[str, ...], what: str, fo
     if path.is_dir():
         if folder_ok:
             return path
-        raise argparse.ArgumentTypeError(f"{path} is an existing folder, not a {what} file")
+        raise argparse.ArgumentTypeError(f"{path} is an existing folder; {what} is written to a file")
     if path.suffix.lower() not in suffixes:
         accepted = " or ".join(filter(None, (", ".join(suffixes[:-1]), suffixes[-1])))
         raise argparse.ArgumentTypeError(f"{what} is written to a {accepted} file, got {path}")

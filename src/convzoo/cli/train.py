@@ -22,10 +22,10 @@ from ..preprocess import MODES
 from ..runtime import COMPILE_MODES, DEVICES, GUARD_MAX_DROP, GUARD_MIN_AGREEMENT
 from ..train.compare import compare
 from ..train.evaluate import EvalOptions, Evaluated, evaluate_target, evaluate_weights
-from ..train.recipes import PIPELINES, apply_settings, get_recipe, list_recipes, override
+from ..train.recipes import FLOAT32_MAX, MAX_EPOCHS, PIPELINES, apply_settings, get_recipe, list_recipes, override
 from ..train.trainer import TrainOptions, resume_recipe, train
 from . import PREFIX
-from .common import (add_runtime_flags, convzoo_warnings_as_lines, non_negative_int, output_file, positive_float,
+from .common import (add_runtime_flags, convzoo_warnings_as_lines, float_in, int_in, non_negative_int, output_file,
                      positive_int, precision_of, seed)
 
 DEFAULT_RECIPE = "fast"
@@ -97,10 +97,10 @@ def _register_train(subparsers: Any) -> None:
     p.add_argument("--data", help=f"training data: {DATA_HELP} (default: the embedded CIFAR-10 subset)")
     p.add_argument("--val-data", help="validation data (its test split); default: hold out val_fraction of --data")
     _register_data(p)
-    p.add_argument("--epochs", type=positive_int, help="epochs to train (this many, also where the recipe has a "
-                                                       "time budget)")
+    p.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), help="epochs to train (this many, also where the "
+                                                              "recipe has a time budget)")
     p.add_argument("--batch-size", type=positive_int, help="global batch size (split over torchrun processes)")
-    p.add_argument("--lr", type=positive_float, help="peak learning rate")
+    p.add_argument("--lr", type=float_in(0.0, FLOAT32_MAX, low_open=True), help="peak learning rate")
     p.add_argument("--seed", type=seed, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--weights", help="start from these weights (any format convzoo imports); the classifier "
                                      "is replaced when the classes differ")

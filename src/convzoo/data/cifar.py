@@ -145,8 +145,8 @@ def _load_archive(archive: Path, split: str, labels: str, md5s: Mapping[str, str
         raise DataError(f"{archive}: expected an official CIFAR archive, found no CIFAR {split} files in it")
     expected = md5s.get(archive.name) or md5s.get(fmt.archive)
     if verify_md5 and expected:
-        check_archive(archive, expected, f"the official {fmt.archive} has that MD5; download it again, or pass "
-                                         f"verify_md5=False to load a repacked archive")
+        check_archive(archive, expected, f"the official {fmt.archive} has that MD5; download it again, or "
+                                         f"extract a repacked archive and pass its folder")
     return _build(fmt, set(members), members.__getitem__, split, labels, archive)
 
 

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from ..errors import ConfigError, DataError
 
 RESAMPLE = ("bilinear", "bicubic")
+# The largest image side convzoo takes (a training or evaluation size, summary, graph, bench, export): far
+# beyond any classification input, small enough that one feature map of the widest stem fits in memory.
+MAX_SIDE = 4096
 
 
 @dataclass

@@ -76,21 +76,28 @@ def load_file_list(files: FileList, size: tuple[int, int],
 def decode_images(root: Path, files: Sequence[tuple[Path, int]], classes: list[str], size: tuple[int, int],
                   pixels: Callable[[Path], torch.Tensor], required: Iterable[int]) -> ArrayDataset:
     """An :class:`ArrayDataset` of ``files`` (path, label) decoded by ``pixels``; files that raise
-    :class:`ImageError` are logged and listed as skipped. Raises :class:`DataError` when a class of
-    ``required`` (indices into ``classes``) keeps no image."""
+    :class:`ImageError` are listed as skipped, and logged once the set is known to be usable. Raises
+    :class:`DataError` when a class of ``required`` (indices into ``classes``) keeps no image, with the reason
+    its first file could not be read (and nothing logged)."""
     images = np.empty((len(files), 3, *size), np.uint8)
-    labels, skipped = [], []
+    labels: list[int] = []
+    skipped: list[str] = []
+    first_failure: dict[int, ImageError] = {}
     for path, label in files:
         try:
             images[len(labels)] = pixels(path).numpy()
         except ImageError as exc:
-            log.warning("skipped %s", exc)
             skipped.append(str(exc))
+            first_failure.setdefault(label, exc)
             continue
         labels.append(label)
     counts = np.bincount(np.asarray(labels, np.int64), minlength=len(classes))
-    empty = [classes[i] for i in required if counts[i] == 0]
+    empty = [i for i in required if counts[i] == 0]
     if empty:
-        raise DataError(f"{root}: expected at least one readable image per class, found none in {few(empty)}")
+        reason = f" (e.g. {first_failure[empty[0]]})" if empty[0] in first_failure else ""
+        raise DataError(f"{root}: expected at least one readable image per class, found none in "
+                        f"{few([classes[i] for i in empty])}{reason}")
+    for reason in skipped:
+        log.warning("skipped %s", reason)
     return ArrayDataset(torch.from_numpy(images[:len(labels)]), torch.tensor(labels, dtype=torch.int64), classes,
                         skipped)

@@ -10,6 +10,7 @@ page by page as their reference counts change).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..utils.fileio import read_text
 from .images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -168,12 +170,12 @@ def scan_class_folders(root: str | Path, classes: list[str] | None = None, *, su
 
 
 def _read_rows(labels_file: Path) -> list[list[str]]:
+    what = "a CSV file of file name, label rows"
     try:
-        with open(labels_file, newline="", encoding="utf-8") as f:
-            return [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{labels_file}: expected a CSV file of file name, label rows, found an unreadable file "
-                        f"({type(exc).__name__}: {exc})") from None
+        rows = csv.reader(io.StringIO(read_text(labels_file, what), newline=""))
+        return [row for row in rows if row and any(cell.strip() for cell in row)]
+    except csv.Error as exc:
+        raise DataError(f"{labels_file}: expected {what}, found a malformed row ({exc})") from None
 
 
 def _label_of(text: str, index: dict[str, int], n: int) -> int | None:

@@ -4,6 +4,7 @@ member has been checked."""
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 import tarfile
 import zlib
@@ -11,6 +12,8 @@ from collections.abc import Collection
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import DataError, UnsafeFileError
+
+log = logging.getLogger(__name__)
 
 # The only globals a CIFAR pickle refers to: how numpy rebuilds an array and its dtype (old and new
 # module paths; ``_frombuffer`` is what pickle protocol 5 uses), and how Python 3 writes bytes with pickle
@@ -55,9 +58,10 @@ def safe_unpickle(data: bytes, source: str) -> object:
         return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except UnsafeFileError as exc:
         raise UnsafeFileError(f"{source}: {exc}") from None
-    except Exception as exc:
-        raise DataError(f"{source}: expected a pickle, found unreadable data "
-                        f"({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # a damaged pickle raises whatever the opcode it stops at raises
+        log.debug("unpickling %s: %r", source, exc)
+        raise DataError(f"{source}: expected a pickle, found unreadable data (truncated, damaged or not a "
+                        f"pickle)") from None
 
 
 def check_member(member: tarfile.TarInfo, archive: Path) -> None:
@@ -93,10 +97,16 @@ def _escapes(path: PurePosixPath) -> bool:
 
 def read_tar_members(archive: Path, wanted: Collection[str]) -> dict[str, bytes]:
     """Check every member of ``archive`` with :func:`check_member`, and return the contents of the regular
-    files whose base name is in ``wanted``, keyed by that base name. Nothing is written to disk."""
+    files whose base name is in ``wanted``, keyed by that base name. Nothing is written to disk. An archive
+    that cannot be read is one :class:`DataError` line (tarfile's explanation goes to the debug log)."""
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        log.debug("tarfile.open(%s): %s", archive, exc)
+        raise DataError(f"{archive}: {_not_an_archive(archive, exc)}") from None
     found: dict[str, bytes] = {}
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with tar:
             for member in tar:
                 check_member(member, archive)
                 base = PurePosixPath(member.name).name
@@ -109,6 +119,18 @@ def read_tar_members(archive: Path, wanted: Collection[str]) -> dict[str, bytes]
                     raise DataError(f"{archive}: expected one member named {base!r}, found several")
                 found[base] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"{archive}: expected a readable tar or tar.gz archive, found a broken one "
-                        f"({type(exc).__name__}: {exc})") from None
+        log.debug("reading %s: %s", archive, exc)
+        raise DataError(f"{archive}: expected a tar or tar.gz archive, found a truncated or damaged one") from None
     return found
+
+
+def _not_an_archive(archive: Path, exc: BaseException) -> str:
+    """Why ``archive`` could not be opened as a tar archive, in a few words."""
+    if isinstance(exc, PermissionError):
+        return "not readable (permission denied)"
+    if archive.is_dir():
+        return "expected a tar or tar.gz archive, found a folder"
+    if isinstance(exc, OSError) and exc.errno is not None:  # the OS's refusal, not a decompressor's
+        return f"cannot read it ({exc.strerror})"
+    found = "an empty file" if archive.stat().st_size == 0 else "a file that is not one"
+    return f"expected a tar or tar.gz archive, found {found}"

@@ -25,6 +25,7 @@ from ..data.streaming import StreamLoader, choose_pipeline, folder_loader
 from ..data.transforms import ImageTransform
 from ..errors import ConfigError, DataError
 from ..preprocess import Normalize
+from ..utils.typed import coerce
 from .distributed import DistEnv, broadcast
 from .extras import require
 from .recipes import Recipe
@@ -58,8 +59,9 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
-        """The spec recorded by :meth:`as_dict` (a run recorded before pipelines existed was in memory)."""
-        return cls(**{**d, "input_size": tuple(d["input_size"])})
+        """The spec recorded by :meth:`as_dict` (a run recorded before pipelines existed was in memory);
+        :class:`ConfigError` naming a field that is missing or does not fit its type."""
+        return coerce(d, cls, "data")
 
     def describe(self) -> str:
         """A short human-readable name of the data."""

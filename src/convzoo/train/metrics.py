@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import CheckpointError
 from ..runtime import autocast
-from ..utils.fileio import atomic_write_text
+from ..utils.fileio import atomic_write_text, read_text
 
 COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "img_per_s", "seconds",
            "wall_time", "skipped")
@@ -111,10 +112,29 @@ def write_history(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    """The rows of a ``metrics.csv``, as numbers."""
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k in ("epoch", "skipped") else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+    """The rows of a ``metrics.csv``, as numbers (``epoch`` and ``skipped`` as integers). Raises
+    :class:`CheckpointError` naming the file when it is not UTF-8 text, lacks a column of :data:`COLUMNS`, or
+    holds a value that is not a number."""
+    reader = csv.DictReader(io.StringIO(read_text(path, "a run's metrics.csv", CheckpointError), newline=""))
+    missing = [c for c in COLUMNS if c not in NEW_COLUMNS and c not in (reader.fieldnames or ())]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(f"{path}: expected a header naming the columns of metrics.csv, found one without "
+                              f"{', '.join(missing[:3])}{more}")
+    return [{key: _number(value, key, path, reader.line_num) for key, value in row.items()} for row in reader]
+
+
+def _number(text: Any, column: str | None, path: Path, line: int) -> float:
+    """One cell of ``metrics.csv`` as a number; :class:`CheckpointError` naming where it is otherwise."""
+    if column is None or text is None:
+        raise CheckpointError(f"{path}: expected as many values as columns on line {line}, found "
+                              f"{'more' if column is None else 'fewer'}")
+    try:
+        return int(text) if column in ("epoch", "skipped") else float(text)
+    except ValueError:
+        shown = text if len(text) <= 20 else text[:17] + "..."
+        raise CheckpointError(f"{path}: expected a number in column {column} on line {line}, "
+                              f"found {shown!r}") from None
 
 
 def _fmt(v: Any) -> str:

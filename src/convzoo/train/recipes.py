@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.augment import TrainAugment
+from ..data.dataset import MAX_SIDE
 from ..data.streaming import PIPELINES as STREAM_PIPELINES
 from ..errors import ConfigError
 from ..preprocess import MODES
@@ -28,11 +29,60 @@ MAX_SEED = 2 ** 63 - 1
 # The epochs a run with a time budget trains before it fixes how many it trains in all: the first epoch
 # builds kernels and caches, the second shows the steady pace.
 BUDGET_PROBE_EPOCHS = 2
+# More epochs than any run could finish (and few enough for the schedule's float arithmetic).
+MAX_EPOCHS = 1_000_000
 SCHEDULES = ("step", "cosine", "linear", "constant")
 # Command-line words for None (in a field that may be None) and for booleans.
 NONE_WORDS = ("none", "null", "")
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
               "off": False}
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a recipe field takes: from ``low`` to ``high`` (infinite: no upper bound, which also
+    refuses infinity), each end included unless ``low_open``/``high_open``."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open or math.isinf(self.high) else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if math.isinf(self.high) and not self.low_open:
+            return f"at least {_num(self.low)}"
+        high = "inf)" if math.isinf(self.high) else f"{_num(self.high)}{')' if self.high_open else ']'}"
+        return f"in {'(' if self.low_open else '['}{_num(self.low)}, {high}"
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+# The largest float32: the optimizer and the loss take the rates and factors below as float32 scalars.
+FLOAT32_MAX = 3.4028234663852886e38
+PROBABILITY = Range(0, 1)
+POSITIVE = Range(0, low_open=True)
+RATE = Range(0, FLOAT32_MAX, low_open=True)
+FACTOR = Range(0, FLOAT32_MAX)
+# The range of each numeric field of :class:`Recipe` (each value of a tuple field; None, where a field may be
+# None, is not a number and always allowed). The streaming augmentation's fields are checked by
+# ``TrainAugment.validate``.
+FIELD_RANGES: dict[str, Range] = {
+    "epochs": Range(1, MAX_EPOCHS), "batch_size": Range(1), "lr": RATE, "momentum": PROBABILITY, "weight_decay": FACTOR,
+    "kernel_l2": FACTOR, "milestones": Range(0), "gamma": POSITIVE, "warmup_epochs": Range(0),
+    "warmup_start": PROBABILITY, "min_lr": FACTOR, "label_smoothing": Range(0, 1, high_open=True),
+    "aux_weight": FACTOR, "mean": Range(0, 255), "std": POSITIVE, "shift": Range(0, 0.5, high_open=True),
+    "cutout": Range(0, MAX_SIDE), "val_fraction": Range(0, 1, low_open=True, high_open=True),
+    "split_seed": Range(0, MAX_SEED),
+    "seed": Range(0, MAX_SEED), "freeze_epochs": Range(0), "workers": Range(0), "checkpoint_every_min": Range(0),
+    "time_budget_min": Range(0), "input_size": Range(1, MAX_SIDE),
+}
 
 
 @dataclass
@@ -135,37 +185,27 @@ class Recipe:
     mixup_switch_prob: float = TrainAugment.mixup_switch_prob
 
     def validate(self) -> "Recipe":
-        """Raise :class:`ConfigError` for a value no run could use; return the recipe."""
+        """Raise :class:`ConfigError` for a value no run could use (a number outside its field's range in
+        :data:`FIELD_RANGES`, an unknown choice, fields that contradict each other); return the recipe."""
+        for key in FIELD_RANGES:
+            check_range(key, getattr(self, key))
         checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
-            (0 <= self.label_smoothing < 1, f"label_smoothing must lie in [0, 1), got {self.label_smoothing}"),
-            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
-            (self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs}"),
-            (0 <= self.shift < 0.5, f"shift must lie in [0, 0.5), got {self.shift}"),
-            (self.cutout >= 0, f"cutout must be >= 0 pixels, got {self.cutout}"),
-            (0 < self.val_fraction < 1, f"val_fraction must lie in (0, 1), got {self.val_fraction}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.kernel_l2 is None or self.kernel_l2 >= 0, f"kernel_l2 must be >= 0, got {self.kernel_l2}"),
+            (self.min_lr <= self.lr, f"min_lr must be at most lr ({self.lr:g}), got {self.min_lr:g}"),
+            (self.schedule != "step" or self.gamma <= 1 or math.log(self.lr) + len(self.milestones) * math.log(
+                self.gamma) <= math.log(FLOAT32_MAX), f"the step schedule's largest learning rate, lr * gamma ** "
+             f"{len(self.milestones)}, must be at most {FLOAT32_MAX:g}; gamma {self.gamma:g} is too large"),
             ((self.mean is None) == (self.std is None), "mean and std must both be set or both be none"),
-            (self.mean is None or len(self.mean) == len(self.std or ()),
-             f"mean and std must have one value per channel, got {self.mean} and {self.std}"),
-            (self.std is None or all(s > 0 for s in self.std), f"std must be positive, got {self.std}"),
+            (self.mean is None or len(self.mean) == len(self.std or ()) == 3,
+             f"mean and std must have 3 values (one per colour channel), got {self.mean} and {self.std}"),
             (self.preprocessing is None or self.preprocessing in MODES,
              f"preprocessing must be one of {', '.join(MODES)}, got {self.preprocessing!r}"),
             (self.preprocessing is None or self.mean is None,
              f"preprocessing {self.preprocessing!r} and mean/std both set: set one of them"),
-            (self.input_size is None or (len(self.input_size) == 2 and min(self.input_size) > 0),
+            (self.input_size is None or len(self.input_size) == 2,
              f"input_size must be two positive integers H,W, got {self.input_size}"),
-            *((0 <= value <= MAX_SEED, f"{name} must lie in 0..{MAX_SEED} (torch's seed range), got {value}")
-              for name, value in (("seed", self.seed), ("split_seed", self.split_seed))),
             (self.pipeline in PIPELINES, f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}"),
-            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
-            (self.checkpoint_every_min >= 0, f"checkpoint_every_min must be >= 0, got {self.checkpoint_every_min}"),
-            (0 <= self.time_budget_min < math.inf, f"time_budget_min must be >= 0 minutes, got {self.time_budget_min}"),
             (not self.time_budget_min or self.schedule in ("step", "constant")
              or self.warmup_epochs >= BUDGET_PROBE_EPOCHS,
              f"time_budget_min needs a learning rate that the budget cannot change while it is measured: a "
@@ -274,15 +314,31 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Recipe)]
 
 
+def check_range(key: str, value: Any) -> None:
+    """:class:`ConfigError` naming field ``key``, its range (:data:`FIELD_RANGES`) and ``value`` when ``value``
+    (or one value of a tuple) is not a finite number in that range."""
+    bounds = FIELD_RANGES.get(key)
+    if bounds is None or value is None:
+        return
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v in bounds for v in values):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        each = "each value of " if isinstance(value, (tuple, list)) else ""
+        raise ConfigError(f"{each}recipe field {key} must be {bounds}, got {shown}")
+
+
 def override(recipe: Recipe, **values: Any) -> Recipe:
-    """``recipe`` with ``values`` replacing fields (already typed values); unknown names raise ConfigError."""
-    for key in values:
+    """``recipe`` with ``values`` replacing fields (already typed values); ConfigError for an unknown name or
+    a number outside its field's range."""
+    for key, value in values.items():
         _check_field(key)
+        check_range(key, value)
     return dataclasses.replace(recipe, **values)
 
 
 def apply_settings(recipe: Recipe, settings: list[str]) -> Recipe:
-    """``recipe`` with each ``'field=value'`` of ``settings`` applied, values parsed by the field's type."""
+    """``recipe`` with each ``'field=value'`` of ``settings`` applied, values parsed by the field's type and
+    checked against its range (:func:`check_range`)."""
     hints = typing.get_type_hints(Recipe)
     values = {}
     for item in settings:
@@ -292,16 +348,20 @@ def apply_settings(recipe: Recipe, settings: list[str]) -> Recipe:
             raise ConfigError(f"--set expects field=value, got {item!r}")
         _check_field(key)
         values[key] = parse_value(key, text.strip(), hints[key])
+        check_range(key, values[key])
     return dataclasses.replace(recipe, **values)
 
 
 def from_dict(values: dict[str, Any]) -> Recipe:
     """The recipe recorded by :meth:`Recipe.as_dict` (lists become tuples again); ConfigError naming a field
-    whose value does not fit its type."""
+    whose value does not fit its type or range."""
     hints = typing.get_type_hints(Recipe)
-    for key in values:
+    typed = {}
+    for key, value in values.items():
         _check_field(key)
-    return Recipe(**{k: coerce(v, hints[k], f"recipe field {k}") for k, v in values.items()})
+        typed[key] = coerce(value, hints[key], f"recipe field {key}")
+        check_range(key, typed[key])
+    return Recipe(**typed)
 
 
 def _check_field(key: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import math
 import os
 import shutil
@@ -31,11 +32,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import CheckpointError, OutputError
-from ..utils.fileio import atomic_write, complete_folder, ensure_dir, fsync_dir, previous_version
-from ..weights import save_checkpoint
+from ..errors import CheckpointError, ConfigError, OutputError, WeightsError
+from ..utils.fileio import atomic_write, complete_folder, ensure_dir, fsync_dir, previous_version, read_text
+from ..utils.typed import coerce
+from ..weights import load_torch_file, save_checkpoint
+from .data import DataSpec
 from .metrics import write_history
 from .plots import plot_curves
+from .recipes import from_dict
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -47,6 +53,10 @@ LOCK_FILE = "run.lock"
 # their parent every few seconds).
 ORPHAN_WAIT_S = 15.0
 STATE_FORMAT = 1
+# What every reader of a run takes from its config.json and from a checkpoint's state.pt.
+CONFIG_FIELDS: dict[str, Any] = {"model": str, "recipe": dict, "data": dict, "classes": list[str], "params": int}
+STATE_FIELDS: dict[str, Any] = {"epoch": int, "optimizer": dict, "rng": torch.Tensor, "history": list, "best": dict,
+                                "wall_time": float, "loader": dict}
 # curves.png is redrawn at most this often (and after the last epoch): drawing takes ~0.3 s, as long as
 # a whole epoch of the fast recipe on a GPU.
 PLOT_EVERY_S = 30.0
@@ -57,17 +67,43 @@ TENSORBOARD_TAGS = {"loss/train": "train_loss", "loss/val": "val_loss", "accurac
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a run folder, or :class:`CheckpointError`."""
+    """The ``config.json`` of a run folder: a JSON object whose :data:`CONFIG_FIELDS` have their types, with a
+    recipe that :func:`~.recipes.from_dict` takes and data that :meth:`DataSpec.from_dict` takes; else
+    :class:`CheckpointError` naming the folder or the file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise CheckpointError(f"no run folder at {run_dir}")
+        raise CheckpointError(f"expected a run folder at {run_dir}, found a file" if run_dir.exists()
+                              else f"no run folder at {run_dir}")
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a convzoo run folder (no {CONFIG_FILE})")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        config = json.loads(read_text(path, "a run's config.json", CheckpointError))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: expected JSON, found an error at line {e.lineno}, column {e.colno} "
+                              f"({e.msg})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found a {type(config).__name__}")
+    _check_fields(config, CONFIG_FIELDS, path, "run config")
+    try:
+        from_dict(config["recipe"])
+        DataSpec.from_dict(config["data"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return config
+
+
+def _check_fields(record: dict[str, Any], fields: dict[str, Any], path: Path, what: str) -> None:
+    """:class:`CheckpointError` naming ``path`` unless ``record`` (a convzoo ``what`` read from it) holds each
+    of ``fields`` (name -> type) with a value of that type."""
+    missing = [key for key in fields if key not in record]
+    if missing:
+        raise CheckpointError(f"{path}: expected a convzoo {what}, found one without {', '.join(missing)}")
+    try:
+        for key, hint in fields.items():
+            coerce(record[key], hint, f"field {key}")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def os_reason(exc: BaseException) -> str:
@@ -126,14 +162,21 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_state(folder: Path) -> dict[str, Any]:
-    """The run state of checkpoint ``folder``."""
+    """The run state of checkpoint ``folder`` (its ``state.pt``, read with :func:`~convzoo.weights.load_torch_file`:
+    a pickle that would run code is refused with :class:`UnsafeFileError`); :class:`CheckpointError` naming
+    the file when it cannot be read or is not a convzoo run state."""
     path = Path(folder) / STATE_FILE
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path}: cannot read run state ({str(e).splitlines()[0]})") from None
+        state = load_torch_file(path)
+    except WeightsError as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a convzoo run state (format {STATE_FORMAT})")
+    _check_fields(state, STATE_FIELDS, path, "run state")
+    if not {"state", "param_groups"} <= state["optimizer"].keys():
+        keys = ", ".join(map(str, state["optimizer"]))[:60]
+        raise CheckpointError(f"{path}: expected an optimizer state with state and param_groups, found "
+                              f"{f'one with {keys}' if keys else 'an empty one'}")
     return state
 
 
@@ -142,18 +185,32 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     path = Path(folder) / WEIGHTS_FILE
     try:
         return load_file(path)
-    except (OSError, SafetensorError) as e:
-        raise CheckpointError(f"{path}: cannot read weights ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read weights ({os_reason(e)})") from None
+    except SafetensorError as e:
+        log.debug("safetensors(%s): %s", path, e)
+        found = "an empty file" if path.stat().st_size == 0 else "a truncated or damaged one"
+        raise CheckpointError(f"{path}: expected a safetensors file, found {found}") from None
 
 
 def load_model_weights(model: nn.Module, folder: Path) -> None:
-    """Load checkpoint ``folder``'s weights into ``model`` (every tensor, same shapes)."""
+    """Load checkpoint ``folder``'s weights into ``model`` (every tensor, same shapes); :class:`CheckpointError`
+    naming the file and how it differs from the model (which the run's ``config.json`` describes)."""
     tensors = read_weights(folder)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{folder / WEIGHTS_FILE}: does not fit the model "
-                              f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+    own = model.state_dict()
+    differences = {
+        "missing": [k for k in own if k not in tensors],
+        "unexpected": [k for k in tensors if k not in own],
+        "of another shape": [k for k in own if k in tensors and tensors[k].shape != own[k].shape],
+    }
+    if any(differences.values()):
+        cfg = getattr(model, "default_cfg", None)
+        name = cfg.name if cfg is not None else type(model).__name__
+        found = ", ".join(f"{len(keys)} tensors {what} ({keys[0]}{', ...' if len(keys) > 1 else ''})"
+                          for what, keys in differences.items() if keys)
+        raise CheckpointError(f"{Path(folder) / WEIGHTS_FILE}: expected the weights of {name}, as the run's "
+                              f"{CONFIG_FILE} describes it, found {found}")
+    model.load_state_dict(tensors, strict=True)
 
 
 class RunWriter:

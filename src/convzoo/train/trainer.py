@@ -60,7 +60,7 @@ from .distributed import (DistEnv, all_sum, barrier, broadcast, host_sum, init_d
 from .extras import require
 from .metrics import Tally, evaluate
 from .recipes import BUDGET_PROBE_EPOCHS, Recipe, budget_epochs, from_dict, learning_rate
-from .runfolder import (CONFIG_FILE, LOCK_FILE, RunLock, RunWriter, load_model_weights, lock_holder,
+from .runfolder import (CONFIG_FILE, LOCK_FILE, STATE_FILE, RunLock, RunWriter, load_model_weights, lock_holder,
                         newest_checkpoint, read_config, read_state)
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ EXTRAS = ("tensorboard", "matplotlib")
 RUN_DEFINING = ("data", "val_data", "labels", "out", "overwrite", "weights")
 # The per-epoch sums of a rank: summed cross-entropy, hits, objective, images trained on, images skipped.
 SUMS = ("loss", "hits", "objective", "images", "skipped")
+# A param-group setting only this optimizer of the recipes has: which optimizer a checkpoint's state is of.
+OPTIMIZER_MARKS = {"sgd": "nesterov", "adamw": "betas"}
 
 
 @dataclass
@@ -222,7 +224,7 @@ def resume(opts: TrainOptions, env: DistEnv = DistEnv()) -> Run:
     load_model_weights(model, checkpoint)
     run = Run(opts, recipe, env, device, folder, spec, sources, model, lock,
               recorded_run_preprocessing(config, str(folder / CONFIG_FILE)), "recorded by the run")
-    run.restore(read_state(checkpoint))
+    run.restore(read_state(checkpoint), checkpoint / STATE_FILE)
     if env.is_main:
         write_json(folder / CONFIG_FILE, {**config, "recipe": recipe.as_dict()})
     barrier(env)
@@ -265,11 +267,14 @@ class Run:
         self.partial: dict[str, Any] | None = None
         self.clock = 0.0
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint's run ``state``: optimizer, RNG, epochs finished and the position inside
-        the next one, history, best."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+    def restore(self, state: dict[str, Any], source: Path) -> None:
+        """Continue from a checkpoint's run ``state`` (read from ``source``): optimizer, RNG, epochs finished and
+        the position inside the next one, history, best."""
+        _load_optimizer(self.optimizer, state["optimizer"], self.recipe.optimizer, source)
+        try:
+            torch.set_rng_state(state["rng"])
+        except (TypeError, RuntimeError):
+            raise CheckpointError(f"{source}: expected torch's CPU RNG state in rng, found another tensor") from None
         if self.device.type == "cuda" and state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
@@ -629,6 +634,20 @@ def _prepare(opts: TrainOptions, recipe: Recipe, spec: DataSpec, env: DistEnv,
         raise ConfigError(f"batch size {recipe.batch_size} does not split evenly over {env.world_size} processes")
     torch.manual_seed(recipe.seed)
     return spec, sources, build_model(recipe, len(sources.classes))
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any], kind: str, source: Path) -> None:
+    """Load a checkpoint's optimizer state (read from ``source``) into the run's ``optimizer`` (the recipe's
+    ``kind``); :class:`CheckpointError` when it is another optimizer's, or of other parameters."""
+    if not all(isinstance(g, dict) and OPTIMIZER_MARKS[kind] in g for g in saved["param_groups"]):
+        raise CheckpointError(f"{source}: expected the state of the run's {kind} optimizer, found another "
+                              f"optimizer's (was the recipe in {CONFIG_FILE} changed?)")
+    try:
+        optimizer.load_state_dict(saved)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.debug("optimizer.load_state_dict(%s): %s", source, exc)
+        raise CheckpointError(f"{source}: expected the optimizer state of the run's parameters, found one that "
+                              f"does not fit them") from None
 
 
 @torch.no_grad()

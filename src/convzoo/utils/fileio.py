@@ -17,7 +17,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from ..errors import ChecksumError, DataError, DownloadError, OutputError
+from ..errors import ChecksumError, ConvzooError, DataError, DownloadError, OutputError
 
 Writer = Callable[[BinaryIO], None]
 HASH_ALGORITHMS = ("md5", "sha256")
@@ -100,19 +100,24 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+def read_text(path: str | Path, what: str, error: type[ConvzooError] = DataError) -> str:
+    """The UTF-8 text of the file at ``path``, which should hold ``what`` (e.g. ``'a run's metrics.csv'``).
+    Raises ``error`` naming ``path`` for a missing file, a folder, an unreadable file or binary data."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"expected {what} at {path}, found {'a folder' if path.is_dir() else 'nothing'}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{path}: expected {what}, found binary data (not UTF-8 text)") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({_reason(exc)})") from None
+
+
 def read_names(path: str | Path, what: str = "names") -> list[str]:
     """The non-empty lines of the UTF-8 text file at ``path``, stripped: one name per line (class names).
     Raises :class:`DataError` naming ``path`` for a missing, unreadable, binary or empty file."""
-    path = Path(path)
-    if not path.is_file():
-        found = "a folder" if path.is_dir() else "nothing"
-        raise DataError(f"expected a text file of {what} (one per line) at {path}, found {found}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: expected a UTF-8 text file of {what} (one per line), found binary data") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read {what} ({_reason(exc)})") from None
+    text = read_text(path, f"a text file of {what} (one per line)")
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise DataError(f"{path}: expected {what}, one per line, found none")

@@ -14,8 +14,10 @@ from .checkpoint import CheckpointInfo, read_checkpoint, save_checkpoint
 from .loading import LoadReport, load_checkpoint, load_weights
 from .mapping import FileHead
 from .source import WeightsFile, file_head, read_weights
+from .torch_state import load_torch_file
 from .verify import ImportReport, LayerDiff, compare_with_keras, compare_with_torch
 
 __all__ = ["CheckpointInfo", "FileHead", "ImportReport", "LayerDiff", "LoadReport", "WeightRecord", "WeightsFile",
-           "compare_with_keras", "compare_with_torch", "file_head", "load_checkpoint", "load_weights",
+           "compare_with_keras", "compare_with_torch", "file_head", "load_checkpoint", "load_torch_file",
+           "load_weights",
            "read_checkpoint", "read_weights", "save_checkpoint"]

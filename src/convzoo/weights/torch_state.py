@@ -8,6 +8,7 @@ use convzoo's names (which torchvision's and timm's Inception V3 and convzoo's o
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -21,7 +22,11 @@ from ..errors import UnsafeFileError, WeightsError
 from ..registry import families, key_layouts
 from .mapping import Mapped, Tensor, one_line
 
+log = logging.getLogger(__name__)
+
 CONVZOO_NAMES = "convzoo names"
+# How a torch.save file begins: a zip archive (since torch 1.6) or a pickle (the legacy format).
+TORCH_SIGNATURES = (b"PK\x03\x04", b"\x80")
 # Checkpoint entries holding the state dict, EMA weights first (timm's load_checkpoint(use_ema=True)).
 CONTAINERS = ("state_dict_ema", "model_ema", "state_dict", "model_state_dict", "model")
 _EMA = ("state_dict_ema", "model_ema")
@@ -127,21 +132,47 @@ def unwrap_state(obj: Any, path: Path) -> TorchState:
     return state
 
 
-def read_torch(path: str | Path) -> TorchState:
-    """Read a ``torch.save`` file with ``weights_only=True`` and unwrap its state dict (:func:`unwrap_state`):
-    a pickle that would call anything but the tensor rebuilders is refused (:class:`UnsafeFileError`) before
-    any of it runs."""
+def load_torch_file(path: str | Path) -> Any:
+    """The object a ``torch.save`` file holds (zip or legacy format), unpickled with ``weights_only=True``:
+    tensors, numbers, strings and plain containers. A pickle that would call anything else is refused before
+    any of it runs (:class:`UnsafeFileError`, naming what it calls); a file that is missing, unreadable,
+    empty, truncated or not a ``torch.save`` file is one :class:`WeightsError` line naming ``path`` (torch's
+    own explanation goes to the debug log)."""
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        m = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"it calls {m.group(1)}" if m else one_line(exc)[:200]
-        raise UnsafeFileError(f"{path}: refused to unpickle: {what}, which could run code "
-                              "(only tensors and plain containers are loaded)") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise WeightsError(f"{path}: cannot read PyTorch file ({one_line(exc)[:300]})") from None
-    return unwrap_state(obj, path)
+        log.debug("torch.load(%s): %s", path, exc)
+        called = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if called:
+            raise UnsafeFileError(f"{path}: refused to unpickle: it calls {called.group(1)}, which could run code "
+                                  "(only tensors and plain containers are loaded)") from None
+        raise WeightsError(f"{path}: expected a PyTorch file (torch.save) of tensors and plain containers, "
+                           "found other data") from None
+    except Exception as exc:  # torch's readers raise RuntimeError, OSError, EOFError, IndexError, ...
+        log.debug("torch.load(%s): %r", path, exc)
+        raise WeightsError(f"{path}: {_unreadable(path, exc)}") from None
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why the file at ``path`` could not be read as a ``torch.save`` file, in a few words."""
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "expected a PyTorch file (torch.save), found a folder"
+    if isinstance(exc, PermissionError):
+        return "not readable (permission denied)"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    found = ("an empty file" if not head else "a truncated or damaged one" if head.startswith(TORCH_SIGNATURES)
+             else "a file that is not one")
+    return f"expected a PyTorch file (torch.save), found {found}"
+
+
+def read_torch(path: str | Path) -> TorchState:
+    """Read a ``torch.save`` file safely (:func:`load_torch_file`) and unwrap its state dict
+    (:func:`unwrap_state`)."""
+    return unwrap_state(load_torch_file(path), Path(path))
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
