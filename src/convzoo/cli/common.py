@@ -60,7 +60,6 @@ def float_in(low: float, high: float = math.inf, *, low_open: bool = False) -> C
     return parse
 
 
-positive_float = float_in(0.0, low_open=True)
 
 
 def _check_writable(path: Path) -> None:
