@@ -91,13 +91,14 @@ def _truncate(relative: str, keep: float = 0.5):
 
 
 def _image_folder_with_an_unreadable_class(ctx: Ctx) -> None:
+    """Two of the CIFAR-10 classes (so that a CIFAR run can evaluate them): 'cat' readable, 'dog' not."""
     rng = np.random.default_rng(0)
-    for name in ("cats", "dogs"):
+    for name in ("cat", "dog"):
         (ctx.tmp / "photos" / name).mkdir(parents=True)
     for i in range(4):
         cat = rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)
-        Image.fromarray(cat).save(ctx.tmp / "photos" / "cats" / f"{i}.png")
-        (ctx.tmp / "photos" / "dogs" / f"{i}.jpg").write_bytes(NOISE[:500])
+        Image.fromarray(cat).save(ctx.tmp / "photos" / "cat" / f"{i}.png")
+        (ctx.tmp / "photos" / "dog" / f"{i}.jpg").write_bytes(NOISE[:500])
 
 
 def _cifar_archive_with_another_md5(ctx: Ctx) -> None:
@@ -233,7 +234,7 @@ CASES: list[Case] = [
     C("train", "model-kwargs-wrong-type", (*TRAIN, "--set", 'model_kwargs={"bn_eps": "x"}'), ("bn_eps",)),
     C("train", "model-kwargs-unknown", (*TRAIN, "--set", 'model_kwargs={"no_such_kwarg": 1}'), ("no_such_kwarg",)),
     C("train", "image-folder-class-unreadable", (*TRAIN, "--data", "$tmp/photos", "--set", "val_fraction=0.25"),
-      ("dogs",), _image_folder_with_an_unreadable_class, fresh=True),
+      ("dog",), _image_folder_with_an_unreadable_class, fresh=True),
     C("train", "archive-with-another-md5", (*TRAIN, "--data", "$tmp/cifar-10-binary.tar.gz"),
       ("$tmp/cifar-10-binary.tar.gz", "MD5"), _cifar_archive_with_another_md5),
     C("train", "resume-missing", ("train", "--resume", "$tmp/absent"), ("$tmp/absent", ABSENT)),
@@ -297,6 +298,11 @@ CASES: list[Case] = [
     C("eval", "batch-size-negative", (*EVAL, "--batch-size", "-3"), ("--batch-size", RANGE)),
     C("eval", "batch-size-zero", (*EVAL, "--batch-size", "0"), ("--batch-size", RANGE)),
     C("eval", "data-missing", (*EVAL, "--data", "$tmp/absent"), ("$tmp/absent", ABSENT)),
+    C("eval", "image-folder-class-unreadable", (*EVAL, "--data", "$tmp/photos", "--pipeline", "memory"),
+      ("$tmp/photos", "dog"), _image_folder_with_an_unreadable_class),
+    C("eval", "image-folder-class-unreadable-streamed", (*EVAL, "--data", "$tmp/photos", "--pipeline", "stream",
+                                                         "--workers", "0"),
+      ("class folder $tmp/photos/dog", "$tmp/photos/dog/0.jpg"), _image_folder_with_an_unreadable_class, fresh=True),
     C("eval", "data-text-file", (*EVAL, "--data", "$tmp/data.txt"), ("$tmp/data.txt",), make({"data.txt": TEXT})),
     # compare
     C("compare", "metrics-non-numeric", ("compare", "$tmp/run", "--out", "$tmp/c.png"), ("metrics.csv", "$tmp/run"),
@@ -534,6 +540,29 @@ def test_image_folder_class_of_unreadable_files_is_one_line(ctx, capsys, monkeyp
     shown = run_in_process([*train_argv(ctx.tmp / "photos", ctx.tmp / "out"), "--set", "val_fraction=0.25"], capsys)
     line = error_line(shown, "dogs", re.compile("permission|not readable"))
     assert "damaged" not in line
+
+
+def test_streamed_class_of_unreadable_files_stops_training_in_one_line(ctx, capsys):
+    """Streaming decodes nothing ahead: the first pass that has tried every file of 'dog' stops the run, before
+    any checkpoint of that epoch; a run resumed onto such data keeps its last good checkpoint."""
+    _image_folder_with_an_unreadable_class(ctx)
+    photos, out = ctx.tmp / "photos", ctx.tmp / "out"
+    stream = ("--pipeline", "stream", "--workers", "0", "--batch-size", "2", "--set", "val_fraction=0.25")
+    shown = run_in_process([*train_argv(photos, out), *stream], capsys)
+    line = error_line(shown, f"class folder {photos / 'dog'}", f"{photos / 'dog'}/", "no checkpoint", quiet=False)
+    assert "--overwrite" in line and not (out / "last").exists() and not (out / "best").exists()
+
+    good = ctx.tmp / "good"
+    shutil.copytree(photos / "cat", good / "cat")
+    shutil.copytree(photos / "cat", good / "dog")
+    assert run_in_process([*train_argv(good, out), *stream, "--overwrite"], capsys).code == 0
+    last = (out / "last" / "model.safetensors").read_bytes()
+    for dog in (good / "dog").iterdir():
+        dog.write_bytes(NOISE[:500])
+    shown = run_in_process(["train", "--resume", str(out), "--epochs", "2"], capsys)
+    error_line(shown, f"class folder {good / 'dog'}", "last/ (epoch 1) is kept", f"--resume {out}", quiet=False)
+    assert (out / "last" / "model.safetensors").read_bytes() == last
+    assert torch.load(out / "last" / "state.pt", weights_only=True)["epoch"] == 1
 
 
 # --- outputs ------------------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from torchvision.transforms.v2 import functional as TF
 import convzoo
 from convzoo.data.augment import BatchMix, EvalTransform, TrainAugment, TrainTransform, batch_mix
 from convzoo.data.images import open_image
-from convzoo.data.imagenet import imagenet_wnids, scan_class_folders, scan_labels_file
-from convzoo.data.streaming import (EpochBatches, choose_pipeline, decode_file, folder_loader, resolve_workers,
-                                    usable_cores)
+from convzoo.data.imagenet import FileList, imagenet_wnids, scan_class_folders, scan_labels_file
+from convzoo.data.streaming import (EpochBatches, RawBatch, UnreadableClasses, choose_pipeline, decode_file,
+                                    folder_loader, resolve_workers, usable_cores)
 from convzoo.data.transforms import ImageTransform
 from convzoo.errors import ConfigError, DataError
 from convzoo.preprocess import preprocess_input
@@ -386,3 +386,22 @@ def test_loading_in_process_leaves_the_global_generator_alone(folder):
     state = torch.get_rng_state()
     _epoch(loader, 0)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_class_stops_once_all_its_files_are_found_unreadable(tmp_path):
+    """Over passes: a readable image of a class clears its count; reasons of a class not yet seen readable
+    are held back, so that the stop is the only line."""
+    files = FileList(tmp_path, np.array([b"a/0.jpg", b"a/1.jpg", b"b/0.jpg", b"b/1.jpg"]), np.array([0, 0, 1, 1]),
+                     ["a", "b"])
+    guard = UnreadableClasses(files)
+
+    def batch(good: list[int], bad: list[int]) -> RawBatch:
+        return RawBatch(None, torch.tensor(good, dtype=torch.int64), tuple(f"r{i}" for i in bad), tuple(bad),
+                        len(good) + len(bad))
+
+    assert guard.update(batch([0], [2])) == [] and guard.flush() == ["r2"]
+    with pytest.raises(DataError, match=r"^class folder .*/b: .* none among the 2 of its files read \(first: r2\)$"):
+        guard.update(batch([], [3]))
+    other = UnreadableClasses(files)
+    assert other.update(batch([], [2])) == [] and other.update(batch([1], [])) == ["r2"]
+    assert other.update(batch([], [3])) == ["r3"]  # b was read since file 2 failed: no stop

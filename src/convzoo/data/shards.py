@@ -229,8 +229,8 @@ class ShardStream(IterableDataset):
         try:
             image = decode_bytes(data, where, self.max_pixels)
         except ImageError as exc:
-            return Sample(None, label, str(exc))
-        return Sample(seeded(self.transform, image, seed), label, None)
+            return Sample(None, label, str(exc), None)
+        return Sample(seeded(self.transform, image, seed), label, None, None)
 
 
 def shard_loader(shards: ShardSet, transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int, *,

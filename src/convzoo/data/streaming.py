@@ -8,7 +8,8 @@ split over the ranks as the in-memory trainer splits it (contiguous shards), and
 the files of its own shard.
 
 Unreadable images are skipped and counted (:attr:`StreamLoader.stats`); a source where more than half of
-the files read fail stops with :class:`DataError`.
+the files read fail stops with :class:`DataError`, and so does an image folder once every file of one of its
+classes has been tried and none could be read (:class:`UnreadableClasses`), without decoding anything ahead.
 """
 
 from __future__ import annotations
@@ -173,11 +174,13 @@ class EpochBatches(Sampler):
 
 
 class Sample(NamedTuple):
-    """One loaded image: the model input (3, H, W) or None when unreadable, its label, and why not."""
+    """One loaded image: the model input (3, H, W) or None when unreadable, its label, why not, and the
+    index of its file in a :class:`FileList` (None for a sample of a tar shard)."""
 
     image: torch.Tensor | None
     label: int
     error: str | None
+    index: int | None
 
 
 class ImageFileDataset(Dataset):
@@ -198,26 +201,78 @@ class ImageFileDataset(Dataset):
         try:
             image = decode_file(self.files.path(index), self.max_pixels)
         except ImageError as exc:
-            return Sample(None, label, str(exc))
-        return Sample(seeded(self.transform, image, seed), label, None)
+            return Sample(None, label, str(exc), index)
+        return Sample(seeded(self.transform, image, seed), label, None, index)
 
 
 class RawBatch(NamedTuple):
     """A collated batch as it leaves a worker: images (N, 3, H, W) or None when none was readable, labels
-    (N,), the reasons of the skipped files, and how many files were asked for."""
+    (N,), the reasons of the skipped files and their :attr:`Sample.index` values, and how many files were
+    asked for."""
 
     images: torch.Tensor | None
     labels: torch.Tensor
     skipped: tuple[str, ...]
+    skipped_index: tuple[int | None, ...]
     attempted: int
 
 
 def collate_samples(samples: Sequence[Sample]) -> RawBatch:
     """The readable samples stacked, the unreadable ones listed."""
     good = [s for s in samples if s.image is not None]
+    bad = [s for s in samples if s.image is None]
     images = torch.stack([s.image for s in good]) if good else None
     labels = torch.tensor([s.label for s in good], dtype=torch.int64)
-    return RawBatch(images, labels, tuple(s.error for s in samples if s.image is None), len(samples))
+    return RawBatch(images, labels, tuple(s.error for s in bad), tuple(s.index for s in bad), len(samples))
+
+
+class UnreadableClasses:
+    """The files of an image folder (``files``) found unreadable, per class, since an image of their class
+    was last read. Once they are every file of a class (each tried, none readable, over one pass or
+    several) :meth:`update` raises :class:`DataError` naming the class folder and the first file's reason:
+    training on a class without images would give a silently wrong model. The reasons of a class not yet
+    seen readable are held back (:meth:`update`, :meth:`flush`), so that such a stop is one line."""
+
+    def __init__(self, files: FileList) -> None:
+        self.files = files
+        self.sizes = np.bincount(files.labels, minlength=len(files.classes))
+        self.readable = np.zeros(len(self.sizes), dtype=bool)
+        self.bad: dict[int, dict[int, str]] = {}
+        self.held: dict[int, list[str]] = {}
+
+    def update(self, raw: RawBatch) -> list[str]:
+        """Account for the readable and unreadable files of a loaded batch; returns the reasons to report
+        now (those of classes seen readable)."""
+        now: list[str] = []
+        for label in raw.labels.unique().tolist():
+            self.readable[label] = True
+            self.bad.pop(label, None)
+            now.extend(self.held.pop(label, []))
+        for index, reason in zip(raw.skipped_index, raw.skipped):
+            label = int(self.files.labels[index])
+            seen = self.bad.setdefault(label, {})
+            seen.setdefault(index, reason)
+            if len(seen) == self.sizes[label]:
+                raise DataError(self._message(label, seen))
+            if self.readable[label]:
+                now.append(reason)
+            else:
+                self.held.setdefault(label, []).append(reason)
+        return now
+
+    def flush(self) -> list[str]:
+        """The reasons held back (at the end of a pass, no class being without a readable file)."""
+        held = [reason for reasons in self.held.values() for reason in reasons]
+        self.held.clear()
+        return held
+
+    def _message(self, label: int, seen: dict[int, str]) -> str:
+        index, reason = next(iter(seen.items()))
+        relative = Path(os.fsdecode(self.files.names[index]))
+        where = (f"class folder {self.files.root / relative.parts[0]}" if len(relative.parts) > 1
+                 else f"class {self.files.classes[label]} of {self.files.root}")
+        return (f"{where}: expected at least one readable image, found none among the {len(seen)} of its files "
+                f"read (first: {reason})")
 
 
 @dataclass
@@ -285,14 +340,15 @@ class StreamLoader:
     seeded by :func:`batch_seed`; labels then become soft targets (N, classes). ``name`` names the source
     in errors. Iterating yields ``(x, y)``: x float32 (N, 3, H, W) (channels-last if asked), y int64 (N,).
     A batch none of whose images could be read is left out, or with ``keep_empty`` yielded as empty
-    tensors x (0,) and y (0,), so that every process of a distributed run takes every step.
+    tensors x (0,) and y (0,), so that every process of a distributed run takes every step. ``classes``
+    (an image folder's) stops the stream once a class has no readable file (see :class:`UnreadableClasses`).
     """
 
     def __init__(self, loader: DataLoader, schedule: Schedule, *, device: torch.device | str = "cpu",
                  channels_last: bool = False, mix: BatchMix | None = None, name: str = "data",
-                 keep_empty: bool = False) -> None:
+                 keep_empty: bool = False, classes: UnreadableClasses | None = None) -> None:
         self.loader, self.schedule, self.mix, self.name = loader, schedule, mix, name
-        self.keep_empty = keep_empty
+        self.keep_empty, self.classes = keep_empty, classes
         self.device, self.channels_last = torch.device(device), channels_last
         self.stats = EpochStats(0, 0, schedule.steps)
 
@@ -321,14 +377,16 @@ class StreamLoader:
                             f"out of memory? try fewer workers") from None
         except ConvzooError as exc:
             raise type(exc)(_worker_message(exc)) from None
+        for reason in self.classes.flush() if self.classes is not None else ():
+            log.warning("skipped %s", reason)
         self._check_bad(final=True)
 
     def _receive(self, raw: RawBatch, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         stats = self.stats
         stats.step, stats.attempted = step + 1, stats.attempted + raw.attempted
-        for reason in raw.skipped:
-            log.warning("skipped %s", reason)
         stats.skipped.extend(raw.skipped)
+        for reason in raw.skipped if self.classes is None else self.classes.update(raw):
+            log.warning("skipped %s", reason)
         self._check_bad(final=False)
         if raw.images is None:
             return None
@@ -377,7 +435,7 @@ def folder_loader(files: FileList, transform: Callable[[torch.Tensor], torch.Ten
     loader = make_loader(ImageFileDataset(files, transform, max_pixels), workers=resolve_workers(workers),
                          device=device, prefetch=prefetch, persistent=persistent, batch_sampler=batches)
     return StreamLoader(loader, batches, device=device, channels_last=channels_last, mix=mix, name=str(files.root),
-                        keep_empty=keep_empty)
+                        keep_empty=keep_empty, classes=UnreadableClasses(files))
 
 
 def in_memory_bytes(n_images: int, size: tuple[int, int], channels: int = 3) -> int:

@@ -45,7 +45,7 @@ from ..data import check_batch_size
 from ..data.shards import is_shard_source
 from ..data.streaming import StreamLoader, resolve_workers
 from ..data.transforms import ImageTransform
-from ..errors import CheckpointError, ConfigError, DivergedError, OutputError
+from ..errors import CheckpointError, ConfigError, DataError, DivergedError, OutputError
 from ..preprocess import Normalize
 from ..optimize import tune_cpu_allocator
 from ..registry import get_model_cfg
@@ -307,8 +307,9 @@ class Run:
         """Train the epochs from where the run stands to ``recipe.epochs``, recording each (rank 0:
         checkpoints, metrics.csv, TensorBoard, curves.png); returns the run folder and gives it up. Raises
         :class:`DivergedError` when the loss becomes NaN or infinite, before any checkpoint of that epoch
-        is written, and :class:`OutputError` when a file of the run cannot be written (the last complete
-        checkpoint is kept, and the message says how to go on)."""
+        is written, :class:`OutputError` when a file of the run cannot be written and :class:`DataError`
+        when streamed data turns out unusable (a class without a readable image): the last complete
+        checkpoint is kept, and the message says how to go on."""
         recipe, env = self.recipe, self.env
         epochs = f"up to {recipe.epochs} epochs in {recipe.time_budget_min:g} min" if recipe.time_budget_min \
             else f"{recipe.epochs} epochs"
@@ -323,7 +324,10 @@ class Run:
             with self._writer() as writer:
                 self._epochs(writer)
         except OutputError as exc:
-            raise OutputError(self._stopped(exc)) from None
+            fix = "free space on that disk" if os.strerror(errno.ENOSPC) in str(exc) else "fix that"
+            raise OutputError(self._stopped(exc, fix)) from None
+        except DataError as exc:
+            raise DataError(self._stopped(exc, "fix the data")) from None
         finally:
             self.close()
         if self.history:
@@ -475,11 +479,10 @@ class Run:
                                 world_size=self.env.world_size),
                     history=self.history, best=self.best, wall_time=self.wall_time)
 
-    def _stopped(self, exc: OutputError) -> str:
-        """The message of a run stopped by a failed write: what failed, what is kept and how to go on,
-        never advice that would destroy a complete checkpoint."""
+    def _stopped(self, exc: OutputError | DataError, fix: str) -> str:
+        """The message of a run stopped by a failed write or unusable data: what failed, what is kept and
+        how to go on (``fix``, then resume), never advice that would destroy a complete checkpoint."""
         kept = newest_checkpoint(self.folder)
-        fix = "free space on that disk" if os.strerror(errno.ENOSPC) in str(exc) else "fix that"
         if kept is None:
             return f"{exc}; no checkpoint is complete yet: {fix}, then start again with --out {self.folder} --overwrite"
         state = read_state(kept)
