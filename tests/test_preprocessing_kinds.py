@@ -107,6 +107,12 @@ def assert_every_verb_uses(capsys, run: Path, photos: Path, reference: Reference
     want = logits.softmax(1)
     got = predict_files(model, images, precision="fp32")
     assert (got - want).abs().max() < 1e-5, (got, want)
+    # The command line reads the same record (a run's own mean and std included).
+    code, out, err = cli(capsys, "predict", "--weights", run / "best", images[0], "--json", "--precision", "fp32",
+                         "--top", str(len(model.class_names)))
+    assert code == 0, err
+    shown = {p["label"]: p["probability"] for p in json_lines(out)[0]["predictions"]}
+    assert shown == pytest.approx(dict(zip(model.class_names, want[0].tolist())), abs=1e-5)
     labels = torch.tensor([model.class_names.index(p.parent.name) for p in images])
     alone = shutil.copy(run / "best" / "model.safetensors", run.parent / f"{run.name}-best.safetensors")
     for target in (run, alone):
@@ -368,3 +374,29 @@ def test_every_export_format_holds_the_weights_preprocessing(tmp_path, fmt):
     assert (meta["preprocessing"], meta["mean"], meta["std"], meta["bgr"]) == ("custom", [100, 110, 120], [50, 60, 70],
                                                                                False)
     assert (meta["interpolation"], meta["crop_pct"], meta["input_size"]) == ("bicubic", 1.0, [3, 32, 32])
+
+
+# Checkpoints written by the trainer before runs recorded one preprocessing: statistics in ``extra``
+
+
+def test_a_checkpoint_with_its_training_statistics_in_extra_is_read_with_them(tmp_path):
+    """Such a checkpoint copied out of its run is prepared with the statistics it trained with, not with the
+    start weights' record it also carries; without a record to state them it is refused in one line."""
+    model = convzoo.create_model("resnet50", num_classes=3)
+    model.weights_meta = next(r for r in records.list_records() if r.model == "resnet50" and r.include_top)
+    assert model.weights_meta.preprocessing == "caffe"
+    extra = dict(mean=[100.0, 110.0, 120.0], std=[50.0, 60.0, 70.0], bgr=False)
+    path = convzoo.save_checkpoint(model, tmp_path / "old.safetensors", extra=extra)
+    loaded = convzoo.load_checkpoint(path)
+    normalize = ImageTransform.from_model(loaded).normalizer
+    assert normalize.pixel_stats() == ((100.0, 110.0, 120.0), (50.0, 60.0, 70.0), False)
+
+    cifar = dict(mean=list(CIFAR_MEAN), std=list(CIFAR_STD), bgr=False)
+    path = convzoo.save_checkpoint(convzoo.create_model("xception_cifar_tiny"), tmp_path / "cifar.safetensors",
+                                   extra=cifar)
+    assert ImageTransform.from_model(convzoo.load_checkpoint(path)).normalizer == Normalize(mode="cifar")
+
+    path = convzoo.save_checkpoint(convzoo.create_model("resnet50", num_classes=3), tmp_path / "bare.safetensors",
+                                   extra=extra)
+    with pytest.raises(convzoo.errors.CheckpointError, match="no weight record"):
+        convzoo.load_checkpoint(path)

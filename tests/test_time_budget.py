@@ -9,6 +9,7 @@ import pytest
 
 from convzoo.cli import main
 from convzoo.train.recipes import BUDGET_PROBE_EPOCHS, budget_epochs, get_recipe, override
+from convzoo.train.trainer import resume_recipe
 from test_train import metrics, train_args, write_cifar
 
 
@@ -18,17 +19,22 @@ def cifar(tmp_path_factory):
 
 
 def test_epochs_that_fit_are_counted_after_the_probe():
-    recipe = override(get_recipe("fast"), epochs=40, time_budget_min=1.0)
+    recipe = override(get_recipe("fast"), epochs=40, time_budget_min=1.0, warmup_epochs=2.0)
     # 60 s budget, 20 s spent on the probe, 10 s per epoch: 4 more after the probe's epochs.
     assert budget_epochs(recipe, 20.0, 10.0) == BUDGET_PROBE_EPOCHS + 4
     assert budget_epochs(override(recipe, epochs=5), 20.0, 10.0) == 5
-    assert budget_epochs(recipe, 90.0, 10.0) == BUDGET_PROBE_EPOCHS
+    # Over budget: one epoch past the warm-up (the learning rate reaches its peak and decays) ...
+    assert budget_epochs(recipe, 90.0, 10.0) == 3
+    assert budget_epochs(override(recipe, warmup_epochs=5.0), 90.0, 10.0) == 6
+    # ... and past the frozen epochs (the body trains at least one epoch).
+    assert budget_epochs(override(recipe, freeze_epochs=7), 90.0, 10.0) == 8
+    assert budget_epochs(override(recipe, epochs=4, freeze_epochs=7), 90.0, 10.0) == 4
 
 
-@pytest.mark.parametrize("minutes, cap, expected", [(0.0001, 5, BUDGET_PROBE_EPOCHS), (600, 3, 3)])
+@pytest.mark.parametrize("minutes, cap, expected", [(0.0001, 5, BUDGET_PROBE_EPOCHS + 1), (600, 3, 3)])
 def test_run_trains_what_fits_and_records_it(cifar, tmp_path, capsys, minutes, cap, expected):
     out = tmp_path / "run"
-    assert main(train_args(cifar, out, cap, "--set", f"time_budget_min={minutes}")) == 0
+    assert main(train_args(cifar, out, cap, "--set", f"time_budget_min={minutes}", "--set", "warmup_epochs=2")) == 0
     said = capsys.readouterr().out
     assert f"time budget {minutes:g} min: {expected} epochs" in said
     config = json.loads((out / "config.json").read_text())
@@ -43,6 +49,12 @@ def test_run_trains_what_fits_and_records_it(cifar, tmp_path, capsys, minutes, c
     assert "time budget" not in capsys.readouterr().out
     assert [int(r["epoch"]) for r in metrics(out)] == list(range(1, expected + 2))
     assert json.loads((out / "config.json").read_text())["time_budget"]["epochs"] == expected
+
+    # A run stopped before the probe ended still has its budget: --epochs on resume turns it off too.
+    config = json.loads((out / "config.json").read_text())
+    config["recipe"]["time_budget_min"] = minutes
+    (out / "config.json").write_text(json.dumps(config))
+    assert resume_recipe(out, epochs=9).time_budget_min == 0 and resume_recipe(out).time_budget_min == minutes
 
 
 def test_epochs_the_user_names_are_trained(cifar, tmp_path):

@@ -209,7 +209,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     # Dropout makes the result depend on the global RNG state too, which the checkpoint restores.
     dropout = json.dumps({**json.loads(TINY), "drop_rate": 0.3})
-    assert main(train_args(data, reference, 3, "--set", f"model_kwargs={dropout}")) == 0
+    # Both runs in fresh processes with one thread: the same numerics, and nothing of this process's state.
+    done = run_cli(train_args(data, reference, 3, "--set", f"model_kwargs={dropout}"))
+    assert done.returncode == 0, done.stderr
 
     args = train_args(data, killed, 3, "--set", f"model_kwargs={dropout}")
     proc = subprocess.Popen([sys.executable, "-m", "convzoo", *args], env=ENV,

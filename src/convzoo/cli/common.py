@@ -60,8 +60,6 @@ def float_in(low: float, high: float = math.inf, *, low_open: bool = False) -> C
     return parse
 
 
-
-
 def _check_writable(path: Path) -> None:
     """Refuse ``path`` when its folder cannot take a new file: the first existing folder above it is a
     file, or creating (and at once removing) a file there fails."""

@@ -42,7 +42,7 @@ def _print(paths: list, decoded: list, as_json: bool) -> None:
                 print(f"  {rank}. {name:<30} {c:<10} {p:.4f}")
 
 
-def _calibration(args: argparse.Namespace, model: nn.Module, mode: str) -> list[torch.Tensor] | None:
+def _calibration(args: argparse.Namespace, model: nn.Module, mode: str | None) -> list[torch.Tensor] | None:
     """int8 calibration images, read as the photos are: ``--calibration``'s, else (for a checkpoint of a run)
     the run's training data, else None (which the runtime refuses with a one-line error)."""
     transform = ImageTransform.from_model(model, mode)
@@ -63,7 +63,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model, names = resolve_model(args.model, args.weights)
     labels = class_labels(model, given or names)
     top = _top(args.top, model.num_classes)
-    mode, warning = choose_preprocessing(model, args.preprocessing)
+    # The override only: None keeps the recorded preprocessing, a record's own statistics included.
+    mode = args.preprocessing
+    _, warning = choose_preprocessing(model, mode)
     if warning:
         warn(warning)
     progress = len(paths) > 4 * args.batch_size and sys.stderr.isatty()

@@ -77,7 +77,7 @@ def calibration_images(model: Any, sources: str | Path | Sequence[str | Path], l
     most ``batch_size``: by ``transform`` (image files to a normalised batch; ``convzoo eval`` passes a
     run's own) or :meth:`ImageTransform.from_model` (its input size, crop, interpolation and preprocessing).
 
-    Unreadable files are skipped with a warning in the log; raises :class:`DataError` when none is readable.
+    Unreadable files are skipped with a ConvzooWarning; raises :class:`DataError` when none is readable.
     """
     files = find_calibration_files(sources)
     files = [files[i] for i in spread(len(files), limit)]

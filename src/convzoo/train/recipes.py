@@ -129,10 +129,10 @@ class Recipe:
     continues from the middle of a long epoch.
 
     ``time_budget_min``: with a budget (minutes of wall time, 0 for none), the run times its first
-    :data:`BUDGET_PROBE_EPOCHS` epochs and then trains as many epochs as fit in the budget, at most
-    ``epochs`` and at least the probe; from then on the recipe the run records has that many ``epochs`` and
-    no budget, so a resumed run trains exactly them. The learning rate of the probe epochs must not depend
-    on ``epochs``: a 'step' or 'constant' schedule, or a warm-up of at least the probe.
+    :data:`BUDGET_PROBE_EPOCHS` epochs and then trains as many epochs as fit in the budget
+    (:func:`budget_epochs`); from then on the recipe the run records has that many ``epochs`` and no budget,
+    so a resumed run trains exactly them. The learning rate of the probe epochs must not depend on
+    ``epochs``: a 'step' or 'constant' schedule, or a warm-up of at least the probe.
     """
 
     name: str = "custom"
@@ -233,9 +233,11 @@ class Recipe:
 def budget_epochs(recipe: Recipe, elapsed: float, epoch_seconds: float) -> int:
     """How many epochs a run with ``recipe.time_budget_min`` trains: those that fit in the budget after
     ``elapsed`` seconds of the :data:`BUDGET_PROBE_EPOCHS` probe epochs, at ``epoch_seconds`` each (the last
-    probe epoch's time), between the probe and ``recipe.epochs``."""
+    probe epoch's time), at most ``recipe.epochs``; at least one epoch past the warm-up and the frozen epochs
+    (a shorter run would end with its learning rate still climbing, or its body never trained)."""
     more = math.floor((recipe.time_budget_min * 60 - elapsed) / max(epoch_seconds, 1e-9))
-    return min(recipe.epochs, BUDGET_PROBE_EPOCHS + max(more, 0))
+    least = max(BUDGET_PROBE_EPOCHS, math.ceil(recipe.warmup_epochs) + 1, recipe.freeze_epochs + 1)
+    return min(recipe.epochs, max(BUDGET_PROBE_EPOCHS + more, least))
 
 
 def learning_rate(recipe: Recipe, epoch: float) -> float:

@@ -56,7 +56,7 @@ STATE_FORMAT = 1
 # What every reader of a run takes from its config.json and from a checkpoint's state.pt.
 CONFIG_FIELDS: dict[str, Any] = {"model": str, "recipe": dict, "data": dict, "classes": list[str], "params": int}
 STATE_FIELDS: dict[str, Any] = {"epoch": int, "optimizer": dict, "rng": torch.Tensor, "history": list, "best": dict,
-                                "wall_time": float, "loader": dict}
+                                "wall_time": float, "loader": dict, "cuda_rng": list}
 # curves.png is redrawn at most this often (and after the last epoch): drawing takes ~0.3 s, as long as
 # a whole epoch of the fast recipe on a GPU.
 PLOT_EVERY_S = 30.0

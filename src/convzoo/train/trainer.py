@@ -117,7 +117,8 @@ def resume_recipe(run_dir: str | Path, model: str | None = None, epochs: int | N
         raise CheckpointError(f"{run_dir} is a run of {config['model']}, not {model}")
     recipe = from_dict(config["recipe"])
     if epochs is not None:
-        recipe.epochs = epochs
+        # Epochs the user names are trained, also by a run stopped before its time budget fixed them.
+        recipe.epochs, recipe.time_budget_min = epochs, 0.0
     if workers is not None:
         recipe.workers = workers
     return recipe

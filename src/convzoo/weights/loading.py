@@ -16,9 +16,10 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, WeightsError
 from ..models.base import FeatureExtractor
 from ..models.spec import ModelCfg, WeightRecord
+from ..preprocess import Normalize, recorded_normalize
 from ..registry import build_model, model_kwargs_from_json
 from . import formats
-from .checkpoint import read_checkpoint
+from .checkpoint import CheckpointInfo, read_checkpoint
 from .fold import fold_input_affine
 from .hub import fetch_pretrained
 from .keras_h5 import KerasFile, batchnorm_settings
@@ -354,6 +355,29 @@ def load_weights(model: nn.Module, path: str | Path | WeightsFile, strict: bool 
     return report
 
 
+def _trained_record(info: CheckpointInfo, model: nn.Module) -> WeightRecord | None:
+    """``model.weights_meta`` of a checkpoint, stating the statistics it was trained with. Checkpoints of
+    convzoo's trainer from before runs recorded one preprocessing hold those in ``extra`` (``mean``, ``std``
+    in pixel units, ``bgr``), beside the start weights' record: the statistics win. Raises
+    :class:`CheckpointError` when they differ from what the checkpoint would otherwise use and no record can
+    state them."""
+    meta = model.weights_meta
+    if not {"mean", "std"} <= info.extra.keys():
+        return meta
+    try:
+        trained = Normalize.matching(tuple(info.extra["mean"]), tuple(info.extra["std"]),
+                                     bool(info.extra.get("bgr", False)))
+        if trained == recorded_normalize(model):
+            return meta
+        mode, mean, std = trained.record()
+    except (TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{info.path}: unusable training statistics in its metadata ({exc})") from None
+    if meta is None:
+        raise CheckpointError(f"{info.path}: trained with {trained.describe()} (its metadata) but it has no weight "
+                              f"record to state it; load it with load_weights and give the preprocessing yourself")
+    return replace(meta, preprocessing=mode, mean=tuple(mean), std=tuple(std))
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model saved at ``path`` and load its tensors (every one must fit).
 
@@ -379,5 +403,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
         model.weights_meta = None if info.weights_meta is None else WeightRecord.from_dict(info.weights_meta)
     except (TypeError, ConfigError) as exc:
         raise CheckpointError(f"{info.path}: broken weight record ({exc})") from None
+    model.weights_meta = _trained_record(info, model)
     model.checkpoint_info = info
     return model.to(device)
