@@ -24,13 +24,16 @@ demo: $(STAMP)
 	$(BIN)/convzoo eval runs/demo --checkpoint last
 	$(BIN)/convzoo compare runs/demo --out runs/demo/compare.png
 
+# A failed test is run once more (pytest-rerunfailures; the summary counts reruns): an xdist worker
+# sometimes dies while a test waits on a child process, after several hundred tests, in about one full run
+# of five here; the cause is not found yet.
 test: $(STAMP)
 	$(BIN)/lint-imports
-	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 --reruns 1 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/lint-imports
-	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 -m '' $(PYTEST_ARGS)
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 -m '' --reruns 1 $(PYTEST_ARGS)
 
 # On a machine with a CUDA GPU and no network: the CUDA tests, the GPU benchmarks and training runs, on the
 # torch installed there (no venv); results in runs/gpu-check.
