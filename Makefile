@@ -24,9 +24,9 @@ demo: $(STAMP)
 	$(BIN)/convzoo eval runs/demo --checkpoint last
 	$(BIN)/convzoo compare runs/demo --out runs/demo/compare.png
 
-# A failed test is run once more (pytest-rerunfailures; the summary counts reruns): an xdist worker
-# sometimes dies while a test waits on a child process, after several hundred tests, in about one full run
-# of five here; the cause is not found yet.
+# A failed test is run once more (pytest-rerunfailures; the summary counts reruns, and it also reruns a
+# test whose xdist worker crashed). Workers used to die at random when torch's SIGCHLD handler, still
+# holding the pids of DataLoader workers a test had killed, raised in a later test (fixed in StreamLoader).
 test: $(STAMP)
 	$(BIN)/lint-imports
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 --reruns 1 $(PYTEST_ARGS)

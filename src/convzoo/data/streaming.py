@@ -362,8 +362,9 @@ class StreamLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, step = self.schedule.epoch, self.schedule.start_step
         self.stats = EpochStats(epoch, step, self.schedule.steps, step)
+        batches = iter(self.loader)
         try:
-            for raw in self.loader:
+            for raw in batches:
                 batch = self._receive(raw, step)
                 step += 1
                 if batch is not None:
@@ -373,6 +374,7 @@ class StreamLoader:
         except RuntimeError as exc:
             if "DataLoader worker" not in str(exc):
                 raise
+            _stop_workers(self.loader, batches)
             raise DataError(f"{self.name}: a data loading worker process stopped ({_worker_message(exc)}); "
                             f"out of memory? try fewer workers") from None
         except ConvzooError as exc:
@@ -463,3 +465,16 @@ def choose_pipeline(n_images: int, size: tuple[int, int], *, force: str | None =
     if budget is None:
         budget = min(MEMORY_BUDGET, _machine_memory() // 4) // max(processes, 1)
     return "memory" if in_memory_bytes(n_images, size) <= budget else "stream"
+
+
+def _stop_workers(loader: DataLoader, batches: Iterator[Any]) -> None:
+    """Shut down the worker processes behind ``batches`` after one of them died. DataLoader keeps its
+    workers' pids registered with the SIGCHLD handler it installs until the iterator shuts down; left
+    registered, the dead worker makes that handler raise again at the next child process that exits,
+    anywhere in the program. torch has no public call for this (``_shutdown_workers`` is what the
+    iterator's own ``__del__`` calls)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    if getattr(loader, "_iterator", None) is batches:
+        loader._iterator = None
